@@ -1,0 +1,135 @@
+"""The ``innerdist`` command line: thin wrappers that parse arguments and call the library.
+
+Heavy modules (torch, numba kernels, daisy) are imported inside the commands, after
+argument parsing, so ``innerdist --help`` is instant. Errors caused by the user's input
+(``ValueError``, ``TypeError``, missing or existing files) are printed as one line and exit
+with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="innerdist",
+    help="Inner-distance targets, training, blockwise prediction, segmentation and scoring "
+    "of 2-D/3-D microscopy volumes. Volumes are given as CONTAINER/DATASET paths, e.g. "
+    "data.zarr/raw.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+def user_errors_exit_2(func: F) -> F:
+    """Turn errors caused by bad input into one line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except USER_ERRORS as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            typer.echo(f"innerdist {func.__name__.replace('_', '-')}: error: {message}", err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
+Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output instead of failing.")
+]
+
+
+@app.command()
+@user_errors_exit_2
+def targets(
+    labels: Annotated[str, typer.Argument(help="Instance label volume, e.g. gt.zarr/labels.")],
+    out: Annotated[str, typer.Argument(help="Output volume, e.g. gt.zarr/targets.")],
+    scale_factor: Annotated[
+        float, typer.Option("--scale-factor", "-s", help="tanh scale in world units (nm).")
+    ],
+    channels: Annotated[
+        list[str] | None,
+        typer.Option("--channels", "-c", help="Channel names (default: one per label channel)."),
+    ] = None,
+    block_shape: Annotated[
+        str | None,
+        typer.Option(help="Write block shape in voxels, comma separated (default: 64 per axis)."),
+    ] = None,
+    workers: Workers = 1,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Compute inner-distance targets of a label volume blockwise (resumable)."""
+    _setup_logging(verbose)
+    from innerdist.targets import compute_targets
+
+    result = compute_targets(
+        labels,
+        out,
+        scale_factor=scale_factor,
+        channels=channels,
+        block_shape=_parse_shape(block_shape),
+        num_workers=workers,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {result}")
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``"64,128,128"`` -> ``(64, 128, 128)``."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _existing_path(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file or directory: {path!r}")
+    return p
+
+
+def main() -> None:
+    """Entry point of the ``innerdist`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

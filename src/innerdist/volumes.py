@@ -1,0 +1,283 @@
+"""Opening and creating volumes on disk (zarr v2/v3, OME-NGFF, N5) in world units.
+
+A volume is addressed by one path: the container followed by the dataset inside it,
+e.g. ``data/cells.zarr/raw`` or ``data/em.n5/volumes/labels``. Everything returned is a
+:class:`funlib.persistence.Array`, whose ``roi``, ``offset`` and ``voxel_size`` are in
+world units (e.g. nm) and whose channel axes are named with a trailing ``^`` (``c^``).
+
+Outputs written by innerdist carry ``innerdist_complete`` in their attributes: ``False``
+while a job is writing them, ``True`` once every block is written. A reader that gets an
+output with ``innerdist_complete == False`` knows it is looking at a half-written result.
+
+Voxel sizes and offsets are integers in world units (funlib.geometry's rule); a dataset
+with fractional voxel sizes must be described in a smaller unit (e.g. 4.5 nm -> 45 Å).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array, open_ds, prepare_ds
+
+__all__ = [
+    "COMPLETE_ATTR",
+    "create_volume",
+    "is_complete",
+    "mark_complete",
+    "num_channels",
+    "open_volume",
+    "spatial_axis_names",
+    "split_volume_path",
+]
+
+COMPLETE_ATTR = "innerdist_complete"
+_CONTAINER_SUFFIXES = (".zarr", ".n5", ".zr", ".ome.zarr")
+
+
+def split_volume_path(path: str | Path) -> tuple[Path, str]:
+    """Split ``container.zarr/dataset/path`` into the container and the dataset name.
+
+    >>> split_volume_path("data/cells.zarr/volumes/raw")
+    (PosixPath('data/cells.zarr'), 'volumes/raw')
+    """
+    parts = Path(path).parts
+    for i, part in enumerate(parts):
+        if part.endswith(_CONTAINER_SUFFIXES):
+            container = Path(*parts[: i + 1])
+            dataset = "/".join(parts[i + 1 :])
+            if not dataset:
+                raise ValueError(
+                    f"volume path {str(path)!r} names a container but no dataset inside it; "
+                    f"expected e.g. {str(container / 'raw')!r}"
+                )
+            return container, dataset
+    raise ValueError(
+        f"volume path {str(path)!r} has no container component ending in "
+        f"{', '.join(_CONTAINER_SUFFIXES)}; expected e.g. 'data.zarr/raw'"
+    )
+
+
+def spatial_axis_names(dims: int) -> list[str]:
+    """Axis names innerdist writes: ``["y", "x"]`` or ``["z", "y", "x"]``."""
+    if dims not in (2, 3):
+        raise ValueError(f"expected 2 or 3 spatial dimensions, got {dims}")
+    return ["z", "y", "x"][3 - dims :]
+
+
+def num_channels(array: Array) -> int | None:
+    """Number of channels of a volume, or ``None`` when it has no channel axis."""
+    if array.channel_dims == 0:
+        return None
+    if array.channel_dims > 1:
+        raise ValueError(
+            f"expected at most one channel axis, got axes {array.axis_names} "
+            f"({array.channel_dims} channel axes)"
+        )
+    channel_axis = [i for i, n in enumerate(array.axis_names) if n.endswith("^")][0]
+    if channel_axis != 0:
+        raise ValueError(
+            f"expected the channel axis first, got axes {array.axis_names}"
+        )
+    return int(array.shape[0])
+
+
+def _list_datasets(container: Path) -> list[str]:
+    """Names of the arrays in a container, for error messages (best effort)."""
+    found: list[str] = []
+    for marker in ("zarr.json", ".zarray", "attributes.json"):
+        for p in sorted(container.rglob(marker)):
+            rel = p.parent.relative_to(container).as_posix()
+            if rel == ".":
+                continue
+            if marker == "zarr.json":
+                try:
+                    if json.loads(p.read_text()).get("node_type") != "array":
+                        continue
+                except (OSError, ValueError):
+                    continue
+            if marker == "attributes.json":
+                try:
+                    if "dimensions" not in json.loads(p.read_text()):
+                        continue
+                except (OSError, ValueError):
+                    continue
+            found.append(rel)
+    return sorted(set(found))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _group_attrs(group: Path) -> dict[str, Any]:
+    """Attributes of a zarr v2/v3 group (empty when it is not one)."""
+    v3 = _read_json(group / "zarr.json")
+    if v3:
+        attrs = v3.get("attributes", {})
+        return attrs if isinstance(attrs, dict) else {}
+    return _read_json(group / ".zattrs")
+
+
+def _ome_metadata(container: Path, dataset: str) -> dict[str, Any] | None:
+    """Voxel size, offset and axis names of ``dataset`` from OME-NGFF ``multiscales``.
+
+    Looks at the parent group of the dataset (``image.ome.zarr/0`` -> ``image.ome.zarr``).
+    Returns ``None`` when the parent has no multiscales metadata.
+    """
+    parent_rel, _, leaf = dataset.rpartition("/")
+    parent = container / parent_rel if parent_rel else container
+    attrs = _group_attrs(parent)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        return None
+    ms = multiscales[0]
+    axes = ms.get("axes", [])
+    for ds in ms.get("datasets", []):
+        if ds.get("path") != leaf:
+            continue
+        scale: list[float] = [1.0] * len(axes)
+        translation: list[float] = [0.0] * len(axes)
+        for t in ds.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = [float(s) for s in t["scale"]]
+            elif t.get("type") == "translation":
+                translation = [float(s) for s in t["translation"]]
+        names: list[str] = []
+        spatial: list[int] = []
+        for i, ax in enumerate(axes):
+            name = ax["name"] if isinstance(ax, dict) else str(ax)
+            kind = ax.get("type", "space") if isinstance(ax, dict) else "space"
+            if kind == "space":
+                names.append(name)
+                spatial.append(i)
+            else:
+                names.append(name + "^")
+        voxel_size = [scale[i] for i in spatial]
+        offset = [translation[i] for i in spatial]
+        for what, values in (("voxel size", voxel_size), ("offset", offset)):
+            if any(v != round(v) for v in values):
+                raise ValueError(
+                    f"OME-NGFF {what} {values} of {container / dataset} is not integer; "
+                    "innerdist needs integer world units (describe it in a smaller unit)"
+                )
+        return {
+            "voxel_size": [int(round(v)) for v in voxel_size],
+            "offset": [int(round(v)) for v in offset],
+            "axis_names": names,
+        }
+    return None
+
+
+def open_volume(path: str | Path, mode: str = "r") -> Array:
+    """Open ``container/dataset`` as a :class:`funlib.persistence.Array`.
+
+    Works for zarr v2/v3 datasets with funlib metadata (``voxel_size``, ``offset``,
+    ``axis_names`` attributes), OME-NGFF multiscale images (``image.ome.zarr/0``) and N5
+    datasets (read only). Raises :class:`FileNotFoundError` naming the container or the
+    dataset (and listing the datasets that do exist) when either is missing.
+    """
+    container, dataset = split_volume_path(path)
+    if not container.exists():
+        raise FileNotFoundError(f"no container at {str(container)!r} (from {str(path)!r})")
+    if not (container / dataset).exists():
+        available = _list_datasets(container)
+        raise FileNotFoundError(
+            f"dataset {dataset!r} not found in {str(container)!r}; "
+            f"available datasets: {available if available else 'none'}"
+        )
+    if str(container).endswith(".n5") or (container / dataset / "attributes.json").exists():
+        from innerdist.n5 import open_n5
+
+        return open_n5(container, dataset)
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    overrides = _ome_metadata(container, dataset) or {}
+    try:
+        return open_ds(container / dataset, mode=mode, **overrides)  # type: ignore[arg-type]
+    except TypeError as e:
+        raise FileNotFoundError(f"{str(path)!r} is not an array (is it a group?): {e}") from e
+
+
+def create_volume(
+    path: str | Path,
+    *,
+    roi: Roi,
+    voxel_size: Sequence[int],
+    dtype: Any,
+    num_channels: int | None = None,
+    chunk_shape: Sequence[int] | None = None,
+    overwrite: bool = False,
+    attrs: Mapping[str, Any] | None = None,
+    units: str = "nm",
+) -> Array:
+    """Create an empty zarr dataset covering ``roi`` (world units) and mark it incomplete.
+
+    ``num_channels=None`` writes spatial axes only; an integer adds a leading ``c^`` axis.
+    ``chunk_shape`` is in voxels, spatial axes only. An existing dataset raises
+    :class:`FileExistsError` unless ``overwrite`` is set, in which case it is deleted first.
+    """
+    voxel = Coordinate(voxel_size)
+    roi = Roi(roi.offset, roi.shape)
+    if roi.dims != voxel.dims:
+        raise ValueError(f"roi {roi} has {roi.dims} axes but voxel size {voxel} has {voxel.dims}")
+    if any(v <= 0 for v in voxel):
+        raise ValueError(f"voxel size must be positive, got {voxel}")
+    if roi.empty or not (roi.offset % voxel == Coordinate((0,) * voxel.dims)) or not (
+        roi.shape % voxel == Coordinate((0,) * voxel.dims)
+    ):
+        raise ValueError(f"roi {roi} is empty or not aligned to the voxel size {voxel}")
+    container, dataset = split_volume_path(path)
+    target = container / dataset
+    if target.exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"output {str(path)!r} already exists; pass --overwrite to replace it"
+            )
+        shutil.rmtree(target)
+    shape = roi.shape / voxel
+    axis_names = spatial_axis_names(voxel.dims)
+    full_shape: tuple[int, ...] = tuple(shape)
+    chunks = tuple(chunk_shape) if chunk_shape is not None else tuple(min(s, 64) for s in shape)
+    if len(chunks) != voxel.dims:
+        raise ValueError(f"chunk shape {chunks} must have {voxel.dims} entries (spatial axes)")
+    if num_channels is not None:
+        if num_channels < 1:
+            raise ValueError(f"num_channels must be >= 1, got {num_channels}")
+        full_shape = (num_channels, *full_shape)
+        axis_names = ["c^", *axis_names]
+        chunks = (num_channels, *chunks)
+    meta = dict(attrs or {})
+    meta[COMPLETE_ATTR] = False
+    container.mkdir(parents=True, exist_ok=True)
+    return prepare_ds(
+        target,
+        shape=full_shape,
+        offset=roi.offset,
+        voxel_size=voxel,
+        axis_names=axis_names,
+        units=[units] * voxel.dims,
+        chunk_shape=chunks,
+        dtype=np.dtype(dtype),
+        mode="w",
+        custom_metadata=meta,
+    )
+
+
+def mark_complete(array: Array, complete: bool = True) -> None:
+    """Record in the dataset's attributes that every block has been written."""
+    array._source_data.attrs[COMPLETE_ATTR] = complete
+
+
+def is_complete(array: Array) -> bool:
+    """Whether ``array`` was fully written (inputs not made by innerdist count as complete)."""
+    return bool(array.attrs.get(COMPLETE_ATTR, True))
