@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import daisy
+from daisy import logging as daisy_logging
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
@@ -125,6 +126,8 @@ def run_blockwise(
     def process_block(block: daisy.Block) -> None:
         process(block.read_roi, block.write_roi)
 
+    # Worker logs go next to the block tracking, not into the current directory.
+    daisy_logging.set_log_basedir(Path(tracking_dir) / "logs")
     task = daisy.Task(
         name,
         total_roi=total_roi.grow(context, context),
