@@ -459,7 +459,11 @@ class UNet(Architecture):
         mode the network is translation-equivariant only for shifts that are multiples of it
         (max-pooling windows must fall on the same grid): two blocks predict the same values
         where their outputs overlap **iff their input offsets differ by a multiple of
-        output_step**, so blockwise prediction must put block inputs on that grid.
+        output_step**, so blockwise prediction must put block inputs on that grid. Blocks
+        whose write ROIs touch are offset by the write size, so the write size must be a
+        multiple of output_step too. The output shape usually is one (factor-2 U-Nets with
+        odd kernels), but not always (one level of factor 3 with two 3-wide convolutions
+        per level gives output sizes of 2 mod 3); then write a smaller, multiple-of-step part of each block's output.
         """
         step = [1] * self.dims
         for factor in self._downsample_factors:
