@@ -463,7 +463,8 @@ class UNet(Architecture):
         whose write ROIs touch are offset by the write size, so the write size must be a
         multiple of output_step too. The output shape usually is one (factor-2 U-Nets with
         odd kernels), but not always (one level of factor 3 with two 3-wide convolutions
-        per level gives output sizes of 2 mod 3); then write a smaller, multiple-of-step part of each block's output.
+        per level gives output sizes of 2 mod 3); then write a smaller, multiple-of-step
+        part of each block's output.
         """
         step = [1] * self.dims
         for factor in self._downsample_factors:
