@@ -119,7 +119,7 @@ class Architecture(abc.ABC):
         """Voxels added to ``input_shape`` at prediction time (zeros unless overridden)."""
         return Coordinate((0,) * self.dims)
 
-    def scale(self, voxel_size: Sequence[int]) -> Coordinate:
+    def scale(self, voxel_size: Sequence[float]) -> Coordinate:
         """Voxel size of the output given the input's ``voxel_size`` (world units, e.g. nm).
 
         The base class keeps the resolution (the output is on the input grid). ``voxel_size``

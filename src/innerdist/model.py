@@ -155,7 +155,7 @@ class Model(torch.nn.Module):
             y = functional_call(self.chain, meta, (x,))
         return int(y.shape[1]), Coordinate(int(s) for s in y.shape[2:])
 
-    def scale(self, voxel_size: Sequence[int]) -> Coordinate:
+    def scale(self, voxel_size: Sequence[float]) -> Coordinate:
         """Voxel size of the output (world units) for input ``voxel_size``; see
         :meth:`Architecture.scale`."""
         return self.architecture.scale(voxel_size)
