@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import daisy
+import daisy.v2 as daisy
 from daisy import logging as daisy_logging
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
@@ -51,6 +51,7 @@ from innerdist.volumes import (
 
 __all__ = [
     "BlockFailedError",
+    "BlockInputError",
     "clear_tracking",
     "finish_output",
     "open_or_create_output",
@@ -65,6 +66,18 @@ logger = logging.getLogger(__name__)
 
 class BlockFailedError(RuntimeError):
     """Some blocks of a blockwise job failed; finished blocks stay recorded."""
+
+
+class BlockInputError(BlockFailedError, ValueError):
+    """A block failed in a worker because of bad input (it raised ValueError/TypeError)."""
+
+
+_INPUT_ERRORS = ("ValueError", "TypeError", "FileNotFoundError", "FileExistsError")
+
+
+def _last_error_line(error: str) -> str:
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error
 
 
 def clear_tracking(tracking_dir: str | Path) -> None:
@@ -107,7 +120,10 @@ def run_blockwise(
     Raises
     ------
     BlockFailedError
-        When a block failed after daisy's retries; its first error is quoted.
+        When a block failed in a worker process after daisy's retries; its first error is
+        quoted. A :class:`BlockInputError` (also a ``ValueError``) when that error was a
+        ``ValueError``/``TypeError``, i.e. bad input. With ``num_workers=1`` the block's own
+        exception propagates unchanged (blocks finished before it stay recorded).
     """
     block_shape = Coordinate(block_shape)
     context = Coordinate(context)
@@ -138,7 +154,7 @@ def run_blockwise(
         fit="shrink",
         max_workers=num_workers,
         max_retries=1,
-        done_marker_path=str(Path(tracking_dir) / name),
+        tracking_path=str(Path(tracking_dir) / name),
     )
     states = daisy.run_blockwise(
         [task],
@@ -151,10 +167,11 @@ def run_blockwise(
     if state.completed_count != state.total_block_count:
         error = state.first_worker_error or state.last_worker_error
         failed = task.failed_blocks()
-        detail = f"; first error: {error}" if error else ""
+        detail = f"; first error: {_last_error_line(error)}" if error else ""
         if failed and not error:
             detail = f"; failed blocks: {[str(b.write_roi) for b in failed[:5]]}"
-        raise BlockFailedError(
+        is_input = bool(error) and _last_error_line(error).startswith(_INPUT_ERRORS)
+        raise (BlockInputError if is_input else BlockFailedError)(
             f"{name}: {state.total_block_count - state.completed_count} of "
             f"{state.total_block_count} blocks did not finish{detail}. Finished blocks are "
             f"recorded in {tracking_dir}; run the same command again to resume."

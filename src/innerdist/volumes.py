@@ -246,6 +246,7 @@ def create_volume(
         shutil.rmtree(target)
     shape = roi.shape / voxel
     axis_names = spatial_axis_names(voxel.dims)
+    types = ["space"] * voxel.dims
     full_shape: tuple[int, ...] = tuple(shape)
     chunks = tuple(chunk_shape) if chunk_shape is not None else tuple(min(s, 64) for s in shape)
     if len(chunks) != voxel.dims:
@@ -255,6 +256,7 @@ def create_volume(
             raise ValueError(f"num_channels must be >= 1, got {num_channels}")
         full_shape = (num_channels, *full_shape)
         axis_names = ["c^", *axis_names]
+        types = ["channel", *types]
         chunks = (num_channels, *chunks)
     meta = dict(attrs or {})
     meta[COMPLETE_ATTR] = False
@@ -266,6 +268,7 @@ def create_volume(
         voxel_size=voxel,
         axis_names=axis_names,
         units=[units] * voxel.dims,
+        types=types,
         chunk_shape=chunks,
         dtype=np.dtype(dtype),
         mode="w",

@@ -1,0 +1,166 @@
+"""Blockwise inner-distance targets for label volumes larger than memory.
+
+Each write block reads its labels grown by the predictor's :meth:`padding` (clipped to the
+data: the edge of the volume is not a boundary, so nothing is lost there), computes targets
+on that crop and keeps the write block. By the spec's context guarantee the result equals
+the whole-volume computation wherever the distance is at most ``max_distance`` and is within
+``epsilon`` of it elsewhere.
+
+One more case needs care: a read region with no boundary at all. The spec gives a voxel of
+a boundary-free *array* the distance ``min_d(shape_d * voxel_size_d / 2)``; for a block that
+is the value of the whole volume's shape (exact when the whole volume has no boundary; when
+it has one further away than the padding, the true distance exceeds ``max_distance``, and
+so does this value whenever every axis of the volume spans ``2 * max_distance``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from innerdist.blockwise import finish_output, open_or_create_output, run_blockwise, tracking_dir_for
+from innerdist.inner_distance import InnerDistancePredictor
+from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
+
+__all__ = ["compute_targets"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BLOCK_VOXELS = 64
+
+
+def _has_boundary(labels: np.ndarray) -> bool:
+    """Whether any two face-adjacent voxels (spatial axes of one channel) differ."""
+    for axis in range(labels.ndim):
+        a = np.moveaxis(labels, axis, 0)
+        if np.any(a[1:] != a[:-1]):
+            return True
+    return False
+
+
+def compute_targets(
+    labels: str | Path,
+    out: str | Path,
+    *,
+    scale_factor: float,
+    channels: Sequence[str] | None = None,
+    epsilon: float = 0.05,
+    block_shape: Sequence[int] | None = None,
+    num_workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
+    """Write tanh-normalised inner-distance targets of ``labels`` to ``out``.
+
+    Parameters
+    ----------
+    labels:
+        Integer or bool label volume (``container/dataset``), ``(C, *spatial)`` or spatial
+        only for one channel; 2-D or 3-D.
+    out:
+        Output volume: float32 ``(C, *spatial)``, same ROI, voxel size and offset.
+    scale_factor:
+        tanh scale, world units.
+    channels:
+        Channel names (default: the label dataset's name, or ``channel_<i>``).
+    block_shape:
+        Write block shape in voxels (default 64 per axis); also the output chunk shape.
+    num_workers:
+        daisy worker processes (1: serial, in this process).
+
+    Returns the output path. Re-running an interrupted job resumes it.
+    """
+    source = open_volume(labels)
+    if not is_complete(source):
+        raise ValueError(f"labels {str(labels)!r} are an unfinished output of another job")
+    dtype = np.dtype(source.dtype)
+    if dtype != bool and not np.issubdtype(dtype, np.integer):
+        raise TypeError(
+            f"labels {str(labels)!r} have dtype {dtype}; expected integer instance ids or bool"
+        )
+    dims = len(source.voxel_size)
+    if dims not in (2, 3):
+        raise ValueError(
+            f"labels {str(labels)!r} have {dims} spatial axes ({source.axis_names}); "
+            "expected 2 or 3"
+        )
+    n_channels = num_channels(source)
+    has_channel_axis = n_channels is not None
+    n_channels = n_channels or 1
+    if channels is None:
+        if n_channels == 1:
+            channels = [split_volume_path(labels)[1].rsplit("/", 1)[-1]]
+        else:
+            channels = [f"channel_{i}" for i in range(n_channels)]
+    channels = list(channels)
+    if len(channels) != n_channels:
+        raise ValueError(
+            f"got {len(channels)} channel names {channels} for labels with {n_channels} channel(s)"
+        )
+    predictor = InnerDistancePredictor(channels, scale_factor, epsilon=epsilon)
+    voxel_size = Coordinate(source.voxel_size)
+    if block_shape is None:
+        block_shape = (DEFAULT_BLOCK_VOXELS,) * dims
+    if len(block_shape) != dims or any(int(b) <= 0 for b in block_shape):
+        raise ValueError(
+            f"block shape {tuple(block_shape)} must have {dims} positive entries (voxels)"
+        )
+    block_voxels = Coordinate(int(b) for b in block_shape)
+    context = predictor.padding(voxel_size)
+    total_roi: Roi = source.roi
+    whole_shape = total_roi.shape / voxel_size
+    no_boundary_distance = min(s * v / 2 for s, v in zip(whole_shape, voxel_size, strict=True))
+
+    job = {
+        "command": "targets",
+        "labels": str(Path(labels).resolve()),
+        "predictor": predictor.to_dict(),
+        "block_shape": list(block_voxels),
+    }
+    out_array = open_or_create_output(
+        out,
+        job=job,
+        overwrite=overwrite,
+        roi=total_roi,
+        voxel_size=voxel_size,
+        dtype=np.float32,
+        num_channels=n_channels,
+        chunk_shape=tuple(block_voxels),
+        attrs={"innerdist_predictor": predictor.to_dict(), "innerdist_labels": str(labels)},
+    )
+    saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
+    labels_path, out_path = str(labels), str(out)
+
+    def process(read_roi: Roi, write_roi: Roi) -> None:
+        src = open_volume(labels_path)
+        read_roi = read_roi.intersect(src.roi)
+        data = np.asarray(src[read_roi])
+        if not has_channel_axis:
+            data = data[np.newaxis]
+        target = predictor.process(data, voxel_size, "tanh", predictor.dt_scale_factor)
+        for c in range(data.shape[0]):
+            if not _has_boundary(data[c]):
+                target[c] = np.where(data[c] != 0, saturated, np.float32(0))
+        begin = (write_roi.begin - read_roi.begin) / voxel_size
+        end = begin + write_roi.shape / voxel_size
+        index = (slice(None),) + tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
+        dst = open_volume(out_path, mode="r+")
+        dst[write_roi] = target[index]
+
+    run_blockwise(
+        "targets",
+        total_roi=total_roi,
+        block_shape=block_voxels * voxel_size,
+        context=context,
+        process=process,
+        tracking_dir=tracking_dir_for(out),
+        num_workers=num_workers,
+        progress=progress,
+    )
+    finish_output(out_array, out)
+    return str(out)
