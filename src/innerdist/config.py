@@ -303,7 +303,7 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(default=1, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig())
+    augment: AugmentConfig = Field(default_factory=lambda: AugmentConfig.model_validate({}))
     num_workers: int = Field(default=0, ge=0)
     seed: int = Field(default=0, ge=0)
     validation_interval: int = Field(default=1000, ge=1)
