@@ -7,11 +7,10 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import prepare_ds
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from labelgen import random_instances
 
 from innerdist import DistanceArray, InnerDistancePredictor, NumpyArray, UNet
 from innerdist.predictor import Predictor
-
-from labelgen import random_instances
 
 
 def target(labels, scale, voxel_size=None):
@@ -297,7 +296,8 @@ def test_crop_grown_by_padding_matches_whole_volume(seed, dims, scale, data):
     whole_d = p.process(labels, voxel)
     crop_begin = [data.draw(st.integers(0, s - 4)) for s in shape]
     crop_shape = [data.draw(st.integers(1, s - b)) for s, b in zip(shape, crop_begin)]
-    roi = Roi([b * v for b, v in zip(crop_begin, voxel)], [s * v for s, v in zip(crop_shape, voxel)])
+    roi = Roi([b * v for b, v in zip(crop_begin, voxel)],
+              [s * v for s, v in zip(crop_shape, voxel)])
     volume_roi = Roi((0,) * dims, [s * v for s, v in zip(shape, voxel)])
     grown = p.gt_region_for_roi(roi, Coordinate(voxel)).intersect(volume_roi)
     g0 = [o // v for o, v in zip(grown.offset, voxel)]

@@ -3,13 +3,13 @@ import re
 import numpy as np
 import pytest
 from funlib.geometry import Roi
+from labelgen import random_instances
 from typer.testing import CliRunner
 
 from innerdist.cli import app
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.targets import compute_targets
 from innerdist.volumes import create_volume, is_complete, mark_complete, open_volume
-from labelgen import random_instances
 
 runner = CliRunner()
 

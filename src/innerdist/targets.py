@@ -23,7 +23,12 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from innerdist.blockwise import finish_output, open_or_create_output, run_blockwise, tracking_dir_for
+from innerdist.blockwise import (
+    finish_output,
+    open_or_create_output,
+    run_blockwise,
+    tracking_dir_for,
+)
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
 
@@ -79,7 +84,7 @@ def compute_targets(
     if not is_complete(source):
         raise ValueError(f"labels {str(labels)!r} are an unfinished output of another job")
     dtype = np.dtype(source.dtype)
-    if dtype != bool and not np.issubdtype(dtype, np.integer):
+    if dtype.kind != "b" and not np.issubdtype(dtype, np.integer):
         raise TypeError(
             f"labels {str(labels)!r} have dtype {dtype}; expected integer instance ids or bool"
         )
