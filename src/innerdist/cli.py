@@ -126,6 +126,79 @@ def _existing_path(path: str) -> Path:
     return p
 
 
+@app.command("import-tiff")
+@user_errors_exit_2
+def import_tiff(
+    tiff: Annotated[str, typer.Argument(help="TIFF image or stack (2-D/3-D, channels ok).")],
+    out: Annotated[str, typer.Argument(help="Output volume, e.g. em.zarr/raw.")],
+    voxel_size: Annotated[
+        str | None,
+        typer.Option(
+            help="World units (nm) per voxel, z,y,x (e.g. 40,8,8); default: the TIFF's "
+            "ImageJ/OME calibration."
+        ),
+    ] = None,
+    offset: Annotated[
+        str | None, typer.Option(help="World offset (nm) of the first voxel, z,y,x; default 0.")
+    ] = None,
+    axes: Annotated[
+        str | None,
+        typer.Option(
+            help="The TIFF's axes in stored order from c,z,y,x (zyx, cyx, czyx, zcyx, yx, "
+            "yxc...); default: from the TIFF."
+        ),
+    ] = None,
+    chunk_shape: Annotated[
+        str | None, typer.Option(help="Output chunk shape in voxels (default 64 per axis).")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Copy a TIFF into a zarr volume with voxel size and offset, streaming slab by slab."""
+    from innerdist.tiff import import_tiff as run_import
+
+    def ints(option: str, text: str | None, *, positive: bool) -> tuple[int, ...] | None:
+        if text is None:
+            return None
+        try:
+            values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        except ValueError:
+            raise ValueError(f"{option}: expected comma-separated integers, got {text!r}") from None
+        if not values or (positive and any(v <= 0 for v in values)):
+            raise ValueError(f"{option}: expected positive integers, got {text!r}")
+        return values
+
+    array = run_import(
+        _existing_path(tiff),
+        out,
+        voxel_size=ints("--voxel-size", voxel_size, positive=True),
+        offset=ints("--offset", offset, positive=False),
+        axes=axes,
+        chunk_shape=ints("--chunk-shape", chunk_shape, positive=True),
+        overwrite=overwrite,
+    )
+    typer.echo(
+        f"wrote {out}: axes {','.join(array.axis_names)}, shape {tuple(array.shape)}, "
+        f"{array.dtype}, voxel size {tuple(array.voxel_size)} nm, "
+        f"offset {tuple(array.offset)} nm"
+    )
+
+
+@app.command("make-data")
+@user_errors_exit_2
+def make_demo_data(
+    out_dir: Annotated[str, typer.Argument(help="Directory for train/validate/test.zarr.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 0,
+    dims: Annotated[int, typer.Option(help="2 or 3 spatial dimensions.")] = 3,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write synthetic EM-like demo volumes (raw + instance labels) for train/validate/test."""
+    from innerdist.synthetic import make_demo_dataset
+
+    paths = make_demo_dataset(out_dir, seed=seed, dims=dims, overwrite=overwrite)
+    for split, container in paths.items():
+        typer.echo(f"wrote {split}: {container / 'raw'} and {container / 'labels'}")
+
+
 def main() -> None:
     """Entry point of the ``innerdist`` console script."""
     app()
