@@ -106,6 +106,67 @@ def targets(
     typer.echo(f"wrote {result}")
 
 
+@app.command()
+@user_errors_exit_2
+def evaluate(
+    predicted: Annotated[str, typer.Argument(help="Segmentation to score, e.g. out.zarr/seg.")],
+    ground_truth: Annotated[str, typer.Argument(help="Ground truth, e.g. gt.zarr/labels.")],
+    mask: Annotated[
+        str | None, typer.Option("--mask", "-m", help="Volume whose 0 voxels are ignored.")
+    ] = None,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="auto|binary|instances; auto = binary for bool/uint8 volumes, else instances."
+        ),
+    ] = "auto",
+    tol_distance: Annotated[
+        float, typer.Option(help="Distance tolerance, world units (nm).")
+    ] = 40.0,
+    clip_distance: Annotated[
+        float, typer.Option(help="Distances are clipped here (also caps Hausdorff), nm.")
+    ] = 200.0,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Write scores to this .json (+ .csv).")
+    ] = None,
+    block_shape: Annotated[
+        str | None,
+        typer.Option(help="Block shape in voxels, comma separated (default 128^3 / 1024^2)."),
+    ] = None,
+    workers: Workers = 1,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Score a segmentation against ground truth (binary and instance scores), blockwise."""
+    _setup_logging(verbose)
+    from innerdist.evaluate import evaluate_volumes, format_scores, write_scores
+
+    if mode not in ("auto", "binary", "instances"):
+        raise ValueError(f"--mode must be auto, binary or instances, got {mode!r}")
+    if out is not None and not out.endswith(".json"):
+        raise ValueError(f"--out must end in .json, got {out!r}")
+    if out is not None and not overwrite:
+        for existing in (Path(out), Path(out).with_suffix(".csv")):
+            if existing.exists():
+                raise FileExistsError(
+                    f"{str(existing)!r} already exists; pass --overwrite to replace it"
+                )
+    scores = evaluate_volumes(
+        predicted,
+        ground_truth,
+        mask=mask,
+        mode=mode,  # type: ignore[arg-type]
+        tol_distance=tol_distance,
+        clip_distance=clip_distance,
+        block_shape=_parse_shape(block_shape),
+        num_workers=workers,
+    )
+    typer.echo(format_scores(scores))
+    if out is not None:
+        json_path, csv_path = write_scores(scores, out, overwrite=overwrite)
+        typer.echo(f"wrote {json_path} and {csv_path}")
+
+
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     """``"64,128,128"`` -> ``(64, 128, 128)``."""
     if text is None:
