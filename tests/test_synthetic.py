@@ -265,6 +265,7 @@ def test_membrane_width_and_blur_are_world_units() -> None:
         ({"seed": -1}, ValueError, "seed must be a non-negative integer"),
         ({"seed": 1.5}, ValueError, "seed must be a non-negative integer"),
         ({"num_objects": -2}, ValueError, "num_objects must be None or a non-negative"),
+        ({"num_objects": 65}, ValueError, "num_objects 65 cannot fit in 256 voxels"),
         ({"noise": -0.1}, ValueError, "noise must be a finite number >= 0"),
         ({"noise": float("inf")}, ValueError, "noise must be finite"),
         ({"touching_fraction": 1.5}, ValueError, r"touching_fraction must be in \[0, 1.0\]"),
