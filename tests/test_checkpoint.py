@@ -54,7 +54,7 @@ def raw_dict(path: Path) -> dict[str, Any]:
 
 
 def test_round_trip_keeps_everything(tmp_path: Path) -> None:
-    state = {
+    state: dict[str, Any] = {
         "optimizer": torch.optim.Adam(torch.nn.Linear(2, 2).parameters()).state_dict(),
         "torch_rng": torch.get_rng_state(),
         "python_rng": [3, [1, 2, 3], None],
@@ -314,7 +314,7 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
 def test_checkpoint_validation(changes: dict[str, Any], error: type[Exception],
                                message: str) -> None:
     base = checkpoint()
-    fields = {
+    fields: dict[str, Any] = {
         "architecture": base.architecture,
         "predictor": base.predictor,
         "weights": base.weights,

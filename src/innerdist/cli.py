@@ -167,6 +167,62 @@ def evaluate(
         typer.echo(f"wrote {json_path} and {csv_path}")
 
 
+@app.command()
+@user_errors_exit_2
+def predict(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (innerdist train output).")],
+    raw: Annotated[str, typer.Argument(help="Raw volume, e.g. data.zarr/raw.")],
+    out: Annotated[str, typer.Argument(help="Output volume, e.g. data.zarr/prediction.")],
+    roi: Annotated[
+        str | None,
+        typer.Option(
+            help="Region to predict in world units (nm), 'BEGIN:END' with comma-separated "
+            "begin (inclusive) and end (exclusive) per axis, e.g. '0,0,0:400,800,800'. "
+            "Default: the whole raw volume."
+        ),
+    ] = None,
+    workers: Workers = 1,
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)."),
+    ] = None,
+    block_shape: Annotated[
+        str | None,
+        typer.Option(
+            help="Write block (and chunk) shape in output voxels, comma separated; rounded "
+            "up to the network's output step (default: the model's eval output shape)."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Network tiles per forward pass.")
+    ] = 1,
+    dtype: Annotated[
+        str,
+        typer.Option(help="Output dtype: float32, float16 or uint8 (quantized to [0, 1])."),
+    ] = "float32",
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Predict a raw volume blockwise with a trained network (resumable: run the same
+    command again after an interruption)."""
+    _setup_logging(verbose)
+    from innerdist.predict import parse_roi, predict_volume
+
+    result = predict_volume(
+        checkpoint,
+        raw,
+        out,
+        roi=parse_roi(roi) if roi is not None else None,
+        num_workers=workers,
+        device=device,
+        block_shape=_parse_shape(block_shape),
+        batch_size=batch_size,
+        dtype=dtype,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {result}")
+
+
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     """``"64,128,128"`` -> ``(64, 128, 128)``."""
     if text is None:

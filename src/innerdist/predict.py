@@ -1,0 +1,755 @@
+"""Prediction with a trained network: in memory (:func:`predict_array`) and blockwise over
+volumes on disk (:func:`predict_volume`), with the same numbers either way.
+
+How an output region is predicted (one axis, voxels)::
+
+    data          |0 1 2 ...                                  ... n-1|
+    reflected   ..|                                                  |..   edges padded by
+                                                                           reflection
+    tiles           [  tile 0  ][  tile 1  ][  tile 2  ]                   start on the grid of
+                                                                           the output step
+    net input    [m|  tile 0  |m]                                          tile grown by the
+                            [m|  tile 1  |m]                               margin m
+
+Every network input starts at ``k * output_step - m`` voxels from the origin of the raw data,
+whatever block or array it belongs to. The U-Net is translation-equivariant for shifts by its
+output step (its pooling windows fall on the same grid), and with valid padding an output
+voxel depends only on the input within ``context`` of it; so every output voxel gets the same
+value however the volume is cut into blocks and tiles. Outside the raw data, the input is the
+data mirrored at its edge (numpy's ``"reflect"``: ``a b c | b a``; a one-voxel axis repeats its
+voxel), after normalisation, in memory and blockwise alike.
+
+For ``padding="valid"`` the margin is the U-Net's ``context``. For ``padding="same"`` the
+network pads each convolution with zeros; the margin is then the receptive-field radius
+(the valid-mode context plus ``output_step - 1``, rounded up to the step), so output voxels
+that are written never see those zeros.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from innerdist.checkpoint import check_normalization
+
+if TYPE_CHECKING:
+    import torch
+    from funlib.persistence import Array
+
+    from innerdist.architecture import UNet
+    from innerdist.checkpoint import Checkpoint
+    from innerdist.model import Model
+
+__all__ = [
+    "OUTPUT_DTYPES",
+    "POSTPROCESSING_ATTR",
+    "QUANTIZATION_ATTR",
+    "NonFiniteRawError",
+    "dequantize",
+    "normalize_raw",
+    "parse_roi",
+    "predict_array",
+    "predict_volume",
+]
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_DTYPES = ("float32", "float16", "uint8")
+QUANTIZATION_ATTR = "innerdist_quantization"
+POSTPROCESSING_ATTR = "innerdist_postprocessing"
+PREDICTOR_ATTR = "innerdist_predictor"
+
+# value = stored * scale + offset. Inner-distance predictions live in [0, 1); uint8 spends its
+# 256 levels there (values outside are clipped), float16 keeps the value itself.
+_QUANTIZATION: dict[str, dict[str, float]] = {
+    "float16": {"scale": 1.0, "offset": 0.0},
+    "uint8": {"scale": 1.0 / 255.0, "offset": 0.0},
+}
+
+
+class NonFiniteRawError(ValueError):
+    """The raw data holds NaN or infinite values where the network would read them."""
+
+
+# --- normalisation -------------------------------------------------------------------------
+
+
+def normalize_raw(
+    raw: np.ndarray, normalization: Mapping[str, Any], *, where: str = "raw"
+) -> np.ndarray:
+    """Map raw intensities linearly so ``min`` -> 0 and ``max`` -> 1; float32.
+
+    ``normalization`` is ``{"min": a, "max": b}`` in raw units (a ``"dtype"`` entry is
+    allowed and ignored here); values outside ``[a, b]`` are not clipped. Raises
+    :class:`NonFiniteRawError` (a ``ValueError``) naming ``where`` when float raw holds NaN
+    or inf.
+
+    >>> normalize_raw(np.array([0, 51, 255], dtype=np.uint8), {"min": 0, "max": 255})
+    array([0. , 0.2, 1. ], dtype=float32)
+    """
+    norm = check_normalization(normalization, require_dtype=False)
+    raw = np.asarray(raw)
+    if raw.dtype == bool or not (
+        np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)
+    ):
+        raise TypeError(f"raw must hold integers or floats, got dtype {raw.dtype} in {where}")
+    if np.issubdtype(raw.dtype, np.floating):
+        finite = np.isfinite(raw)
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            raise NonFiniteRawError(
+                f"non-finite values (NaN or inf) in {where}: {int((~finite).sum())} voxel(s), "
+                f"the first at index {tuple(int(i) for i in bad)} of an array of shape "
+                f"{raw.shape}; fix or mask the raw data before predicting"
+            )
+    lo, hi = norm["min"], norm["max"]
+    # Computed in float64 and rounded once, so integer raw maps exactly (0 -> 0, max -> 1).
+    return ((raw.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+
+
+def dequantize(data: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
+    """Stored prediction values -> predicted values (float32), using the output's attrs.
+
+    Outputs written as ``uint8``/``float16`` carry ``innerdist_quantization`` =
+    ``{"scale", "offset"}`` and ``value = stored * scale + offset``; others are returned as
+    float32 unchanged.
+    """
+    mapping = attrs.get(QUANTIZATION_ATTR)
+    values = np.asarray(data, dtype=np.float32)
+    if mapping is None:
+        return values
+    return (values * np.float32(mapping["scale"]) + np.float32(mapping["offset"])).astype(
+        np.float32
+    )
+
+
+def _quantize(prediction: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "float32":
+        return prediction.astype(np.float32, copy=False)
+    mapping = _QUANTIZATION[dtype]
+    stored = (prediction - mapping["offset"]) / mapping["scale"]
+    if dtype == "uint8":
+        return np.clip(np.rint(stored), 0, 255).astype(np.uint8)
+    limit = float(np.finfo(np.float16).max)
+    return np.clip(stored, -limit, limit).astype(np.float16)
+
+
+# --- geometry ------------------------------------------------------------------------------
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _valid_context(unet: UNet) -> tuple[int, ...]:
+    """What ``unet.context`` would be with valid padding: half the voxels its convolutions
+    remove, each counted at the resolution of its level."""
+    shrink = [0] * unet.dims
+    scale = [1] * unet.dims
+    for level in range(unet.num_levels + 1):
+        kernels = list(unet.kernel_size_down[level])
+        if level < unet.num_levels:
+            kernels += list(unet.kernel_size_up[level])
+        for kernel in kernels:
+            for axis in range(unet.dims):
+                shrink[axis] += (kernel[axis] - 1) * scale[axis]
+        if level < unet.num_levels:
+            factors = unet.downsample_factors[level]
+            scale = [s * f for s, f in zip(scale, factors, strict=True)]
+    return tuple(s // 2 for s in shrink)
+
+
+class _Tiling:
+    """The geometry of blockwise-consistent prediction with a U-Net (voxels):
+
+    - ``step``: the output step; network inputs start on this grid (minus the margin);
+    - ``margin``: input needed beyond an output tile on each side;
+    - ``crop``: where the tile starts in the network's output;
+    - ``max_tile``: the largest output tile per forward pass (default: the eval output
+      shape, rounded down to the step).
+    """
+
+    def __init__(self, unet: UNet, tile_shape: Sequence[int] | None = None) -> None:
+        self.unet = unet
+        self.step = tuple(int(s) for s in unet.output_step)
+        if unet.padding == "valid":
+            self.margin = tuple(int(c) for c in unet.context)
+            offset = self.margin
+        else:
+            self.margin = tuple(
+                _round_up(c + s - 1, s)
+                for c, s in zip(_valid_context(unet), self.step, strict=True)
+            )
+            offset = (0,) * unet.dims
+        self.crop = tuple(m - o for m, o in zip(self.margin, offset, strict=True))
+        if tile_shape is None:
+            eval_input = unet.input_shape + unet.eval_shape_increase
+            tile_shape = [
+                (n - 2 * m) // s * s
+                for n, m, s in zip(eval_input, self.margin, self.step, strict=True)
+            ]
+        self.max_tile = tuple(
+            max(s, _round_up(int(t), s)) for t, s in zip(tile_shape, self.step, strict=True)
+        )
+
+    def tile_shape(self, extent: Sequence[int]) -> tuple[int, ...]:
+        """Tiles for an output extent: as few as ``max_tile`` allows, split evenly, each a
+        multiple of the step (so the tile grid stays on the step grid)."""
+        tiles = []
+        for e, t, s in zip(extent, self.max_tile, self.step, strict=True):
+            count = math.ceil(e / t)
+            tiles.append(_round_up(math.ceil(e / count), s))
+        return tuple(tiles)
+
+    def input_shape(self, tile: Sequence[int]) -> tuple[int, ...]:
+        """Network input shape that predicts an output tile (plus margins)."""
+        wanted = [t + 2 * m for t, m in zip(tile, self.margin, strict=True)]
+        return tuple(int(n) for n in self.unet.valid_input_shape(wanted))
+
+
+class _Runner:
+    """A model on a device with its tiling; runs batches of tiles."""
+
+    def __init__(
+        self,
+        model: Model,
+        device: torch.device,
+        *,
+        tile_shape: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
+        from innerdist.architecture import UNet
+
+        if not isinstance(model.architecture, UNet):
+            raise TypeError(
+                "prediction supports UNet models, got a "
+                f"{type(model.architecture).__name__} architecture"
+            )
+        self.model = model
+        self.device = device
+        self.tiling = _Tiling(model.architecture, tile_shape)
+        self.batch_size = batch_size
+        self.num_out_channels = model.num_out_channels
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            y = self.model(x)
+            return y.float().cpu().numpy()
+
+
+def _box(begins: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    """Index of all channels and the spatial box ``[begins, begins + shape)``."""
+    return (slice(None), *(slice(b, b + n) for b, n in zip(begins, shape, strict=True)))
+
+
+def _predict_region(
+    runner: _Runner,
+    read: Callable[[Sequence[int], Sequence[int]], np.ndarray],
+    lo: Sequence[int],
+    hi: Sequence[int],
+) -> np.ndarray:
+    """Predict output voxels ``[lo, hi)`` (voxel coordinates from the data origin).
+
+    ``read(begin, shape)`` returns the normalised, edge-padded network input
+    ``(channels, *shape)`` starting at voxel ``begin`` (may be negative). Returns float32
+    ``(out_channels, *(hi - lo))``.
+    """
+    tiling = runner.tiling
+    start = [(low // s) * s for low, s in zip(lo, tiling.step, strict=True)]
+    extent = [h - g for h, g in zip(hi, start, strict=True)]
+    tile = tiling.tile_shape(extent)
+    counts = [math.ceil(e / t) for e, t in zip(extent, tile, strict=True)]
+    net_in = tiling.input_shape(tile)
+    window = read(
+        [g - m for g, m in zip(start, tiling.margin, strict=True)],
+        [(c - 1) * t + n for c, t, n in zip(counts, tile, net_in, strict=True)],
+    )
+    out = np.empty(
+        (runner.num_out_channels, *(c * t for c, t in zip(counts, tile, strict=True))),
+        dtype=np.float32,
+    )
+    corners = [
+        [i * t for i, t in zip(index, tile, strict=True)]
+        for index in itertools.product(*(range(c) for c in counts))
+    ]
+    for first in range(0, len(corners), runner.batch_size):
+        batch = corners[first : first + runner.batch_size]
+        outputs = runner.forward(np.stack([window[_box(corner, net_in)] for corner in batch]))
+        for k, corner in enumerate(batch):
+            out[_box(corner, tile)] = outputs[k][_box(tiling.crop, tile)]
+    wanted = [h - low for h, low in zip(hi, lo, strict=True)]
+    return out[_box([low - g for low, g in zip(lo, start, strict=True)], wanted)]
+
+
+def _reflect(indices: np.ndarray, size: int) -> np.ndarray:
+    """Indices mirrored into ``[0, size)`` like numpy's ``"reflect"`` padding (repeated
+    as often as needed); a one-voxel axis maps everything to 0."""
+    if size == 1:
+        return np.zeros_like(indices)
+    period = 2 * (size - 1)
+    folded = np.mod(indices, period)
+    return np.where(folded >= size, period - folded, folded)
+
+
+def _read_reflected(
+    read_box: Callable[[tuple[slice, ...]], np.ndarray],
+    data_shape: Sequence[int],
+    begin: Sequence[int],
+    shape: Sequence[int],
+) -> np.ndarray:
+    """``(C, *shape)`` starting at voxel ``begin`` of data of spatial shape ``data_shape``,
+    mirrored at the data's edges. ``read_box(slices)`` reads a box inside the data; only the
+    box that the mirrored indices touch is read."""
+    box: list[slice] = []
+    gathers: list[tuple[int, np.ndarray]] = []
+    for axis, (b, s, n) in enumerate(zip(begin, shape, data_shape, strict=True)):
+        if b >= 0 and b + s <= n:
+            box.append(slice(b, b + s))
+            continue
+        indices = _reflect(np.arange(b, b + s), n)
+        low, high = int(indices.min()), int(indices.max()) + 1
+        box.append(slice(low, high))
+        gathers.append((axis, indices - low))
+    data = read_box(tuple(box))
+    for axis, local in gathers:
+        data = np.take(data, local, axis=axis + 1)
+    return data
+
+
+# --- in memory -----------------------------------------------------------------------------
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available; use 'cpu'")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return resolved
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an integer, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be >= 1, got {value}")
+    return int(value)
+
+
+def _shape_arg(value: Any, what: str, dims: int) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{what} must be a sequence of {dims} integers (voxels), got {value!r}")
+    if len(value) != dims:
+        raise ValueError(f"{what} must have {dims} entries (one per spatial axis), got {value}")
+    return tuple(_positive_int(v, f"{what} entry") for v in value)
+
+
+def predict_array(
+    model: Model,
+    raw: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    tile_shape: Sequence[int] | None = None,
+    batch_size: int = 1,
+) -> np.ndarray:
+    """Predict a whole array in memory; float32 ``(out_channels, *spatial)``.
+
+    ``raw`` is already normalised (:func:`normalize_raw`), spatial or ``(channels,
+    *spatial)``. The edges are padded by reflection (see the module docstring) so that the
+    output covers the input's extent, and the array is cut into tiles of at most
+    ``tile_shape`` output voxels (default: the model's eval output shape, rounded down to
+    the output step), ``batch_size`` tiles per forward pass. The result equals
+    :func:`predict_volume` on the same data.
+
+    The model runs in eval mode (its previous mode is restored) on ``device``; ``None``
+    keeps it where its parameters are, otherwise it is moved there.
+    """
+    import torch
+
+    from innerdist.model import Model
+
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be an innerdist Model, got {type(model).__name__}")
+    if not isinstance(raw, np.ndarray):
+        raise TypeError(f"raw must be a numpy array, got {type(raw).__name__}")
+    dims = model.dims
+    if raw.ndim == dims:
+        raw = raw[np.newaxis]
+    if raw.ndim != dims + 1:
+        raise ValueError(
+            f"raw of shape {raw.shape} does not fit a {dims}-D model; expected {dims} spatial "
+            "axes, optionally after one channel axis"
+        )
+    if raw.shape[0] != model.num_in_channels:
+        raise ValueError(
+            f"raw has {raw.shape[0]} channel(s) (shape {raw.shape}) but the model takes "
+            f"{model.num_in_channels}"
+        )
+    if not (np.issubdtype(raw.dtype, np.floating) or np.issubdtype(raw.dtype, np.integer)):
+        raise TypeError(f"raw must be numeric (normalised float), got dtype {raw.dtype}")
+    raw = np.asarray(raw, dtype=np.float32)
+    if not np.isfinite(raw).all():
+        raise NonFiniteRawError(f"non-finite values (NaN or inf) in raw of shape {raw.shape}")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if tile_shape is not None:
+        tile_shape = _shape_arg(tile_shape, "tile_shape", dims)
+    if device is None:
+        resolved = next(model.parameters()).device
+    else:
+        resolved = _resolve_device(device)
+        model.to(resolved)
+    runner = _Runner(model, resolved, tile_shape=tile_shape, batch_size=batch_size)
+    spatial = raw.shape[1:]
+
+    def read(begin: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+        return _read_reflected(lambda box: raw[(slice(None), *box)], spatial, begin, shape)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return _predict_region(runner, read, (0,) * dims, spatial)
+    finally:
+        model.train(was_training)
+
+
+# --- blockwise -----------------------------------------------------------------------------
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _BlockPredictor:
+    """The per-block work of :func:`predict_volume`; picklable (daisy ships it to worker
+    processes), it builds the model and opens the volumes on first use in each process."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        raw_path: str,
+        out_path: str,
+        device: str,
+        tile_shape: tuple[int, ...],
+        batch_size: int,
+        dtype: str,
+        threads: int,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.raw_path = raw_path
+        self.out_path = out_path
+        self.device = device
+        self.tile_shape = tile_shape
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.threads = threads
+        self._state: tuple[_Runner, Array, Array] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_state"] = None  # models and open volumes are rebuilt in each worker
+        return state
+
+    def _setup(self) -> tuple[_Runner, Array, Array]:
+        if self._state is None:
+            import torch
+
+            from innerdist.volumes import open_volume
+
+            torch.set_num_threads(self.threads)
+            device = torch.device(self.device)
+            model = self.checkpoint.build_model().to(device)
+            runner = _Runner(
+                model, device, tile_shape=self.tile_shape, batch_size=self.batch_size
+            )
+            self._state = (
+                runner,
+                open_volume(self.raw_path),
+                open_volume(self.out_path, mode="r+"),
+            )
+        return self._state
+
+    def __call__(self, read_roi: Roi, write_roi: Roi) -> None:
+        runner, raw, out = self._setup()
+        write = write_roi.intersect(out.roi)
+        if write.empty:
+            return
+        voxel = raw.voxel_size
+        origin = raw.roi.begin
+        data_shape = [int(s) for s in raw.roi.shape / voxel]
+        lo = [int(b) for b in (write.begin - origin) / voxel]
+        hi = [int(e) for e in (write.end - origin) / voxel]
+        has_channels = raw.channel_dims > 0
+        normalization = self.checkpoint.normalization
+
+        def read_box(box: tuple[slice, ...]) -> np.ndarray:
+            roi = Roi(
+                origin + Coordinate(s.start for s in box) * voxel,
+                Coordinate(s.stop - s.start for s in box) * voxel,
+            )
+            data = raw[roi]
+            if not has_channels:
+                data = data[np.newaxis]
+            where = f"raw {self.raw_path} ROI {roi} (world units), read for output block {write}"
+            return normalize_raw(data, normalization, where=where)
+
+        def read(begin: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+            return _read_reflected(read_box, data_shape, begin, shape)
+
+        prediction = _predict_region(runner, read, lo, hi)
+        out[write] = _quantize(prediction, self.dtype)
+
+
+def parse_roi(text: str) -> Roi:
+    """A ROI from ``"BEGIN:END"`` text, world units: comma-separated begin (inclusive) and
+    end (exclusive) per axis.
+
+    >>> parse_roi("0,40,40:80,200,200")
+    [0:80, 40:200, 40:200] (80, 160, 160)
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"roi text must be a string like '0,0,0:40,80,80', got {text!r}")
+    parts = text.split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        begin, end = (tuple(int(v) for v in p.split(",")) for p in parts)
+    except ValueError:
+        raise ValueError(
+            f"roi must be 'BEGIN:END' with comma-separated integers (world units), e.g. "
+            f"'0,0,0:400,800,800'; got {text!r}"
+        ) from None
+    if len(begin) != len(end):
+        raise ValueError(f"roi begin and end must have the same number of axes, got {text!r}")
+    if any(e <= b for b, e in zip(begin, end, strict=True)):
+        raise ValueError(f"roi end must be greater than begin on every axis, got {text!r}")
+    return Roi(begin, tuple(e - b for b, e in zip(begin, end, strict=True)))
+
+
+def _snap_roi(roi: Roi, data_roi: Roi, voxel: Coordinate) -> Roi:
+    """``roi`` grown to the voxel grid of the data (anchored at the data's offset)."""
+    shifted = roi - data_roi.begin
+    return shifted.snap_to_grid(voxel, mode="grow") + data_roi.begin
+
+
+def predict_volume(
+    checkpoint: str | Path,
+    raw: str | Path,
+    out: str | Path,
+    *,
+    roi: Roi | None = None,
+    num_workers: int = 1,
+    device: str | None = None,
+    block_shape: Sequence[int] | None = None,
+    batch_size: int = 1,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> str:
+    """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
+
+    Parameters
+    ----------
+    checkpoint
+        A file written by :func:`innerdist.checkpoint.save_checkpoint`.
+    raw, out
+        Volume paths (``container.zarr/dataset``). ``raw`` must have the checkpoint's voxel
+        size and spatial dims, and the model's input channels (a leading ``c^`` axis, or
+        none for one channel).
+    roi
+        Region to predict, world units (default: all of ``raw``); grown to the voxel grid,
+        and it must lie inside ``raw``. Context around it comes from ``raw`` where there is
+        data, from mirroring beyond (see the module docstring).
+    num_workers
+        Worker processes (1: serial, in this process); each uses ``cores / num_workers``
+        torch threads.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; default CUDA when available.
+    block_shape
+        Write block shape, output voxels, rounded up to a multiple of the U-Net's output
+        step; also the output's chunk shape. Default: the model's eval output shape
+        (rounded down to the step) with the first axis times ``batch_size``.
+    batch_size
+        Tiles of a block that go through the network in one forward pass.
+    dtype
+        ``"float32"``, ``"float16"`` or ``"uint8"``; the latter two record
+        ``innerdist_quantization = {"scale", "offset"}`` (value = stored * scale + offset,
+        see :func:`dequantize`).
+    overwrite
+        Replace an existing output. Without it an existing complete output, or an
+        unfinished one of a different job, raises ``FileExistsError``; an unfinished one of
+        the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed.
+
+    Returns the output path. The output covers the ROI with the raw's voxel size, has shape
+    ``(C, *spatial)`` (axis ``c^``, one channel per predictor channel) and carries the
+    predictor config (``innerdist_predictor``) and the checkpoint's post-processing
+    parameters (``innerdist_postprocessing``, when it has them). It is marked complete only
+    after every block is written.
+    """
+    from innerdist.blockwise import (
+        BlockFailedError,
+        finish_output,
+        open_or_create_output,
+        run_blockwise,
+        tracking_dir_for,
+    )
+    from innerdist.checkpoint import load_checkpoint
+    from innerdist.volumes import num_channels, open_volume, split_volume_path
+
+    if dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
+    num_workers = _positive_int(num_workers, "num_workers")
+    batch_size = _positive_int(batch_size, "batch_size")
+    if roi is not None and not isinstance(roi, Roi):
+        raise TypeError(f"roi must be a funlib.geometry.Roi (world units), got {roi!r}")
+    resolved_device = _resolve_device(device)
+    raw_container, raw_dataset = split_volume_path(raw)
+    out_container, out_dataset = split_volume_path(out)
+    if raw_container.resolve() == out_container.resolve() and raw_dataset == out_dataset:
+        raise ValueError(f"output {str(out)!r} is the raw volume; choose another output path")
+
+    ckpt = load_checkpoint(checkpoint)
+    raw_array = open_volume(raw)
+    unet = ckpt.architecture
+    dims = unet.dims
+    if raw_array.spatial_dims != dims:
+        raise ValueError(
+            f"raw {str(raw)!r} has {raw_array.spatial_dims} spatial axes "
+            f"{raw_array.axis_names} but the checkpoint's model is {dims}-D"
+        )
+    voxel = Coordinate(raw_array.voxel_size)
+    if voxel != Coordinate(ckpt.voxel_size):
+        raise ValueError(
+            f"raw {str(raw)!r} has voxel size {tuple(voxel)} but the checkpoint was trained "
+            f"at voxel size {tuple(ckpt.voxel_size)} (world units); resample the raw"
+        )
+    channels = num_channels(raw_array) or 1
+    if channels != unet.num_in_channels:
+        raise ValueError(
+            f"raw {str(raw)!r} has {channels} channel(s) (axes {raw_array.axis_names}) but "
+            f"the checkpoint's model takes {unet.num_in_channels} input channel(s)"
+        )
+    trained_dtype = ckpt.normalization["dtype"]
+    if np.dtype(raw_array.dtype).name != trained_dtype:
+        logger.warning(
+            "raw %s is %s but the network was trained on %s raw; the normalisation %s is "
+            "applied as is",
+            raw, np.dtype(raw_array.dtype).name, trained_dtype, ckpt.normalization,
+        )
+
+    data_roi = raw_array.roi
+    if roi is None:
+        roi = data_roi
+    else:
+        if roi.dims != dims:
+            raise ValueError(f"roi {roi} has {roi.dims} axes, the raw has {dims}")
+        if roi.unbounded or roi.empty:
+            raise ValueError(f"roi {roi} is empty or unbounded; expected a finite region")
+        roi = _snap_roi(roi, data_roi, voxel)
+        if not data_roi.contains(roi):
+            raise ValueError(
+                f"roi {roi} (world units, snapped to the voxel grid) is not inside the raw "
+                f"data's ROI {data_roi}"
+            )
+
+    tiling = _Tiling(unet)
+    step = tiling.step
+    if block_shape is None:
+        blocks = list(tiling.max_tile)
+        blocks[0] *= batch_size
+    else:
+        blocks = [
+            _round_up(b, s)
+            for b, s in zip(_shape_arg(block_shape, "block_shape", dims), step, strict=True)
+        ]
+    block = tuple(blocks)
+    tile = tuple(min(t, b) for t, b in zip(tiling.max_tile, block, strict=True))
+    margin = Coordinate(tiling.margin)
+
+    job = {
+        "task": "predict",
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "iteration": ckpt.iteration,
+        "weights_sha256": ckpt.weights_hash(),
+        "raw": str(raw_container.resolve() / raw_dataset),
+        "roi": [list(roi.offset), list(roi.shape)],
+        "dtype": dtype,
+        "block_shape": list(block),
+    }
+    attrs: dict[str, Any] = {
+        PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
+    }
+    if dtype in _QUANTIZATION:
+        attrs[QUANTIZATION_ATTR] = dict(_QUANTIZATION[dtype])
+    if ckpt.postprocessing is not None:
+        attrs[POSTPROCESSING_ATTR] = dict(ckpt.postprocessing)
+    output = open_or_create_output(
+        out,
+        job=job,
+        overwrite=overwrite,
+        roi=roi,
+        voxel_size=voxel,
+        dtype=dtype,
+        num_channels=ckpt.predictor.embedding_dims,
+        chunk_shape=block,
+        attrs=attrs,
+    )
+
+    threads = max(1, _cores() // num_workers)
+    process = _BlockPredictor(
+        ckpt,
+        raw_path=str(raw),
+        out_path=str(out),
+        device=str(resolved_device),
+        tile_shape=tile,
+        batch_size=batch_size,
+        dtype=dtype,
+        threads=threads,
+    )
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        run_blockwise(
+            "predict",
+            total_roi=roi,
+            block_shape=Coordinate(block) * voxel,
+            context=margin * voxel,
+            process=process,
+            tracking_dir=tracking_dir_for(out),
+            num_workers=num_workers,
+            progress=progress,
+        )
+    except BlockFailedError as e:
+        # Worker processes report errors as text; bad raw data is the user's to fix.
+        match = re.search(r"NonFiniteRawError: ([^\n]+)", str(e))
+        if match:
+            raise NonFiniteRawError(match.group(1)) from e
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+    finish_output(output, out)
+    return str(out)
