@@ -1,0 +1,1251 @@
+"""Segmenting inner-distance predictions: binary masks and seam-free instances, blockwise.
+
+A prediction holds, per channel, the tanh-normalised distance of every voxel to its object's
+boundary: 0 in background, close to 1 deep inside objects. Two segmentations are made from it:
+
+- **masks**: ``pred > foreground_level`` (:func:`threshold_mask`);
+- **instances** (:func:`instances`): *seeds* are the face-connected components of
+  ``pred > seed_level``; they are grown by a seeded watershed on ``-pred`` over the
+  *foreground* ``pred > foreground_level``; objects smaller than ``min_size`` are removed.
+  Foreground without a seed stays 0. Ids are consecutive from 1 in the raster order of each
+  object's first voxel, so that every way of computing the same segmentation gives the same
+  ids::
+
+      pred        .1 .5 .9 .95 .6 .3 .6 .85 .5 .02     foreground_level .05
+      foreground   x  x  x  x   x  x  x  x   x  .       seed_level       .8
+      seeds              1  1              2
+      instances    1  1  1  1   1  1  2  2   2  0       the .3 goes to 1: both .6 reach it,
+                                                        the left one entered the queue first
+
+Watershed ties are broken deterministically. skimage's watershed pops voxels by
+``(value, time of entry)``, but all markers enter at time 0, so markers of equal value
+leave the queue in an order that depends on the whole heap. Here marker voxels are given
+distinct keys below every non-marker value, ranked by ``-pred`` and then by raster position
+(:func:`_flood`). Every tie then resolves the same way whether a component is flooded
+alone or together with the rest of the volume, and that is what makes the blockwise
+result exact.
+
+:func:`segment_volume` computes both blockwise on volumes larger than memory, resumably,
+and gives *exactly* the in-memory result (same ids) for instances::
+
+    A  fragments   per block: components of pred > seed_level (seeds) and of
+                   pred > foreground_level (fragments), ids block * 2**32 + local id,
+                   written to <out>__seeds / <out>__fragments; per-fragment voxel count,
+                   first voxel and bounding box
+    B  faces       per block: pairs of ids that touch across its upper faces
+    merge          union-find over the pairs -> whole-volume components (exactly those
+                   of the in-memory version); per foreground component: its seeds, size,
+                   first voxel, bounding box
+    grow           0 seeds: background.  1 seed: the whole component is that object
+                   (the watershed floods every connected foreground voxel).  >= 2 seeds:
+                   the watershed on the component's bounding box with the mask
+                   "component == id", written to <out>__grown; exact because the flood
+                   of one component never sees another one (see above).
+                   Components whose box exceeds ``max_watershed_voxels`` fall back to a
+                   per-block watershed with context: approximate at block seams, with an
+                   ApproximateSeamsWarning.
+    finalize       object sizes -> min_size; ids in raster order of first voxels
+    write          per block: fragment -> object id, or the grown id; output written
+
+All volume coordinates are voxels relative to the prediction's ROI unless named ``*_roi``
+(world units, e.g. nm). ``min_size`` is in world units (nm^3 in 3-D, nm^2 in 2-D);
+``min_size_voxels`` in voxels.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import cc3d
+import numpy as np
+import numpy.typing as npt
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array
+
+__all__ = [
+    "DEFAULT_FOREGROUND_LEVEL",
+    "DEFAULT_MAX_WATERSHED_VOXELS",
+    "DEFAULT_SEED_LEVEL",
+    "POSTPROCESSING_ATTR",
+    "QUANTIZATION_ATTR",
+    "ApproximateSeamsWarning",
+    "instances",
+    "segment_volume",
+    "threshold_mask",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The predictor's ``epsilon``: below it the target is background.
+DEFAULT_FOREGROUND_LEVEL = 0.05
+#: The predictor's ``threshold``: above it a voxel is deep inside an object.
+DEFAULT_SEED_LEVEL = 0.8
+#: Largest bounding box (voxels) of a multi-seed component flooded as a whole (~1 GB RAM).
+DEFAULT_MAX_WATERSHED_VOXELS = 2**24
+#: Prediction attrs with tuned levels: ``{"foreground_level", "seed_level", "min_size"}``,
+#: ``min_size`` in voxels of the prediction (as stored in checkpoints).
+POSTPROCESSING_ATTR = "innerdist_postprocessing"
+#: Prediction attrs of quantised outputs: ``{"scale", "offset"}``, value = stored*scale+offset.
+QUANTIZATION_ATTR = "innerdist_quantization"
+#: Output attrs recording how the segmentation was made.
+SEGMENTATION_ATTR = "innerdist_segmentation"
+
+_LOCAL_BITS = 32
+_LOCAL_MASK = np.uint64(2**_LOCAL_BITS - 1)
+# Stands for "look the id up in <out>__grown" in the fragment -> object table.
+_GROWN = np.uint64(2**64 - 1)
+_INT64_MAX = np.iinfo(np.int64).max
+# skimage's heap stores entry times as int32.
+_MAX_FLOOD_VOXELS = 2**31 - 1
+
+
+class ApproximateSeamsWarning(UserWarning):
+    """Some components were too large to flood as a whole; their split is approximate at
+    block seams (see ``max_watershed_voxels``)."""
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+
+def threshold_mask(pred: npt.ArrayLike, level: float) -> npt.NDArray[np.uint8]:
+    """``1`` where ``pred > level``, else ``0`` (uint8, same shape as ``pred``).
+
+    >>> threshold_mask(np.array([0.0, 0.05, 0.5, 0.9], np.float32), 0.05)
+    array([0, 0, 1, 1], dtype=uint8)
+    """
+    values = _check_prediction(pred, spatial=False)
+    _check_level("level", level)
+    return (values > level).astype(np.uint8)
+
+
+def instances(
+    pred: npt.ArrayLike,
+    *,
+    foreground_level: float,
+    seed_level: float,
+    min_size_voxels: float = 0,
+) -> npt.NDArray[np.uint64]:
+    """Instance labels (uint64) of one channel of a prediction held in memory.
+
+    ``pred`` is a 2-D or 3-D float array (no channel axis). Seeds are the face-connected
+    components of ``pred > seed_level``; each grows over the face-connected foreground
+    ``pred > foreground_level`` by a watershed on ``-pred`` (the deepest voxels claim their
+    neighbours first). Foreground that no seed reaches stays 0; objects with fewer than
+    ``min_size_voxels`` voxels are set to 0. Ids are ``1..N`` in the raster order of the
+    objects' first voxels. Ties are broken deterministically (see the module docstring), so
+    that :func:`segment_volume` reproduces this result exactly.
+
+    >>> pred = np.array([[0.1, 0.5, 0.9, 0.95, 0.6, 0.3, 0.6, 0.85, 0.5, 0.02]], np.float32)
+    >>> instances(pred, foreground_level=0.05, seed_level=0.8)
+    array([[1, 1, 1, 1, 1, 1, 2, 2, 2, 0]], dtype=uint64)
+    """
+    values = _check_prediction(pred, spatial=True)
+    fg, seed = _check_levels(foreground_level, seed_level)
+    min_size_voxels = _check_min_size("min_size_voxels", min_size_voxels)
+    if values.size > _MAX_FLOOD_VOXELS:
+        raise ValueError(
+            f"prediction of shape {values.shape} has {values.size} voxels, more than the "
+            f"{_MAX_FLOOD_VOXELS} one in-memory watershed can handle; use segment_volume"
+        )
+    seeds, n = _components(values > seed)
+    if n == 0:
+        return np.zeros(values.shape, np.uint64)
+    labels = _flood(values, seeds.astype(np.int32), values > fg)
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    ids = flat[where].astype(np.intp)
+    sizes = np.bincount(ids, minlength=n + 1).astype(np.int64)
+    first = np.full(n + 1, _INT64_MAX, np.int64)
+    np.minimum.at(first, ids, where)
+    lut = np.zeros(n + 1, np.uint64)
+    lut[1:] = _consecutive_ids(sizes[1:], first[1:], np.zeros(n, np.int64), min_size_voxels)
+    return lut[labels]
+
+
+def _consecutive_ids(
+    sizes: npt.NDArray[np.int64],
+    first: npt.NDArray[np.int64],
+    channel: npt.NDArray[np.int64],
+    min_size_voxels: float,
+) -> npt.NDArray[np.uint64]:
+    """Final id of every object: 0 when it is smaller than ``min_size_voxels`` (or empty),
+    else ``1..N`` per channel in the order of the objects' first voxels."""
+    result = np.zeros(sizes.shape, np.uint64)
+    kept = np.flatnonzero((sizes > 0) & (sizes >= min_size_voxels))
+    if kept.size == 0:
+        return result
+    order = kept[np.lexsort((first[kept], channel[kept]))]
+    ch = channel[order]
+    start_of_run = np.r_[0, np.flatnonzero(np.diff(ch)) + 1]
+    run_start = np.repeat(start_of_run, np.diff(np.r_[start_of_run, order.size]))
+    result[order] = (np.arange(order.size) - run_start + 1).astype(np.uint64)
+    return result
+
+
+def _components(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[Any], int]:
+    """Face-connected components of a 2-D/3-D boolean array: labels ``1..n`` and ``n``."""
+    labels, n = cc3d.connected_components(
+        mask,
+        connectivity=6 if mask.ndim == 3 else 4,
+        return_N=True,
+        out_dtype=np.uint32 if mask.size < 2**32 else np.uint64,
+    )
+    return labels, int(n)
+
+
+def _flood(
+    pred: npt.NDArray[np.floating[Any]],
+    markers: npt.NDArray[np.int32],
+    mask: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int32]:
+    """Seeded watershed on ``-pred`` inside ``mask`` with face connectivity.
+
+    ``markers`` must mark every voxel above the seed level inside ``mask`` (then every
+    non-marker voxel has ``-pred >= -1``). Marker voxels get distinct keys below ``-1``,
+    ranked by ``-pred`` and then by raster position: skimage gives all markers the entry
+    time 0, so without distinct keys equal-valued markers would be popped in an order that
+    depends on everything else in the heap, and a component flooded on its own could come
+    out differently from the same component flooded with the whole volume. Non-marker
+    voxels keep ``-pred``; their ties are broken by entry time, which is the same for a
+    component alone or in company, because components never touch inside the mask.
+    """
+    from skimage.segmentation import watershed
+
+    image = np.negative(pred, dtype=np.float64)
+    flat = image.reshape(-1)
+    where = np.flatnonzero((markers != 0) & mask)
+    order = np.argsort(flat[where], kind="stable")
+    keys = np.empty(where.size, np.float64)
+    keys[order] = np.arange(where.size, dtype=np.float64) - (where.size + 2.0)
+    flat[where] = keys
+    result: npt.NDArray[np.int32] = watershed(image, markers, mask=mask, connectivity=1)
+    return result
+
+
+def _check_prediction(pred: npt.ArrayLike, *, spatial: bool) -> npt.NDArray[np.floating[Any]]:
+    values = np.asarray(pred)
+    if not np.issubdtype(values.dtype, np.floating):
+        raise TypeError(
+            f"prediction must be a float array (dequantise stored integers first), got dtype "
+            f"{values.dtype}"
+        )
+    if spatial and values.ndim not in (2, 3):
+        raise ValueError(
+            f"prediction must be 2-D or 3-D (one channel, no channel axis), got shape "
+            f"{values.shape}"
+        )
+    return values
+
+
+def _check_level(name: str, level: Any) -> float:
+    if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1], got {level!r}")
+    if not 0 <= float(level) <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {level!r}")
+    return float(level)
+
+
+def _check_levels(foreground_level: Any, seed_level: Any) -> tuple[float, float]:
+    fg = _check_level("foreground_level", foreground_level)
+    seed = _check_level("seed_level", seed_level)
+    if not fg < seed:
+        raise ValueError(
+            f"foreground_level must be below seed_level, got foreground_level={fg} and "
+            f"seed_level={seed}"
+        )
+    return fg, seed
+
+
+def _check_min_size(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a non-negative number, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+# --- reading predictions --------------------------------------------------------------------
+
+
+def _quantization(attrs: Mapping[str, Any], dtype: np.dtype[Any], path: str) -> tuple[float, float]:
+    """``(scale, offset)`` mapping stored values to predicted values, checked."""
+    mapping = attrs.get(QUANTIZATION_ATTR)
+    if mapping is None:
+        if not np.issubdtype(dtype, np.floating):
+            raise TypeError(
+                f"prediction {path!r} has dtype {dtype} but no {QUANTIZATION_ATTR!r} attribute "
+                '({"scale": s, "offset": o}); expected float values in [0, 1) or that mapping'
+            )
+        return 1.0, 0.0
+    if dtype == np.bool_ or not (
+        np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+    ):
+        raise TypeError(f"prediction {path!r} has dtype {dtype}; expected float or integer")
+    if not isinstance(mapping, Mapping) or set(mapping) != {"scale", "offset"}:
+        raise ValueError(
+            f"{QUANTIZATION_ATTR} of {path!r} must be {{'scale': s, 'offset': o}}, got {mapping!r}"
+        )
+    values = []
+    for key in ("scale", "offset"):
+        v = mapping[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{QUANTIZATION_ATTR}[{key!r}] of {path!r} must be finite, got {v!r}")
+        values.append(float(v))
+    if values[0] <= 0:
+        raise ValueError(f"{QUANTIZATION_ATTR}['scale'] of {path!r} must be > 0, got {values[0]}")
+    return values[0], values[1]
+
+
+def _dequantize(stored: npt.NDArray[Any], scale: float, offset: float) -> npt.NDArray[np.float32]:
+    """Stored values -> predicted values, in float32 (so every pass compares the same numbers)."""
+    values = np.asarray(stored, dtype=np.float32)
+    if scale == 1.0 and offset == 0.0:
+        return values
+    return values * np.float32(scale) + np.float32(offset)
+
+
+def _postprocessing(attrs: Mapping[str, Any], path: str) -> dict[str, float]:
+    """Tuned levels stored with the prediction (any subset of the three keys)."""
+    stored = attrs.get(POSTPROCESSING_ATTR)
+    if stored is None:
+        return {}
+    if not isinstance(stored, Mapping) or not set(stored) <= {
+        "foreground_level",
+        "seed_level",
+        "min_size",
+    }:
+        raise ValueError(
+            f"{POSTPROCESSING_ATTR} of {path!r} must be a dict with keys foreground_level, "
+            f"seed_level, min_size; got {stored!r}"
+        )
+    result: dict[str, float] = {}
+    for key, value in stored.items():
+        if value is None:
+            continue
+        if key == "min_size":
+            result[key] = _check_min_size(f"{POSTPROCESSING_ATTR}['min_size'] of {path!r}", value)
+        else:
+            result[key] = _check_level(f"{POSTPROCESSING_ATTR}[{key!r}] of {path!r}", value)
+    return result
+
+
+# --- blockwise ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a pass needs, picklable (daisy ships it to its worker processes)."""
+
+    prediction: str
+    out: str
+    seeds: str
+    fragments: str
+    grown: str
+    tracking: str
+    mode: str
+    voxel_size: tuple[int, ...]
+    offset: tuple[int, ...]  # world units
+    shape: tuple[int, ...]  # voxels, spatial
+    block: tuple[int, ...]  # voxels
+    channels: int
+    scale: float
+    shift: float
+    foreground_level: float
+    seed_level: float
+    min_size_voxels: float
+    max_watershed_voxels: int
+    fallback_context: tuple[int, ...]  # voxels
+    progress: bool
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return tuple(-(-s // b) for s, b in zip(self.shape, self.block, strict=True))
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def dims(self) -> int:
+        return len(self.shape)
+
+    def locate(self, write_roi: Roi) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """Block index and voxel box ``[lo, hi)`` of a daisy write ROI."""
+        lo = tuple(
+            (b - o) // v
+            for b, o, v in zip(write_roi.begin, self.offset, self.voxel_size, strict=True)
+        )
+        hi = tuple(
+            (e - o) // v
+            for e, o, v in zip(write_roi.end, self.offset, self.voxel_size, strict=True)
+        )
+        position = tuple(lo_d // b for lo_d, b in zip(lo, self.block, strict=True))
+        return int(np.ravel_multi_index(position, self.grid)), lo, hi
+
+    def stats(self, step: str) -> Path:
+        path = Path(self.tracking) / step
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def segment_volume(
+    prediction: str | Path,
+    out: str | Path,
+    *,
+    mode: str = "instances",
+    foreground_level: float | None = None,
+    seed_level: float | None = None,
+    min_size: float | None = None,
+    block_shape: Sequence[int] | None = None,
+    num_workers: int = 1,
+    overwrite: bool = False,
+    max_watershed_voxels: int = DEFAULT_MAX_WATERSHED_VOXELS,
+    fallback_context: Sequence[int] | None = None,
+    progress: bool = True,
+) -> str:
+    """Segment a prediction volume blockwise; returns the output path.
+
+    Parameters
+    ----------
+    prediction:
+        ``container/dataset`` written by ``innerdist predict`` (or ``targets``): shape
+        ``(C, *spatial)`` with the channel axis first, 2-D or 3-D, float values in [0, 1),
+        or integers/float16 with an ``innerdist_quantization`` mapping. Must be complete.
+    out:
+        ``container/dataset`` to write: ``(C, *spatial)``, same ROI and voxel size, chunked
+        like the blocks; uint8 masks (``mode="threshold"``) or uint64 instances
+        (``mode="instances"``, ids ``1..N`` per channel, equal to :func:`instances` on each
+        whole channel). Marked complete only when every pass has finished.
+    foreground_level, seed_level:
+        Levels in [0, 1], ``foreground_level < seed_level``. Default: the prediction's
+        ``innerdist_postprocessing`` attrs, else 0.05 and 0.8. Threshold mode uses
+        ``foreground_level`` only.
+    min_size:
+        Smallest object kept, world units (nm^3 in 3-D, nm^2 in 2-D). Default: the
+        attrs' ``min_size`` (voxels), else 0.
+    block_shape:
+        Write block in voxels (default 64 per axis in 3-D, 512 in 2-D, capped at the
+        volume). Also the chunk shape of the output.
+    num_workers:
+        Worker processes (1: everything in this process).
+    overwrite:
+        Replace an existing output. Without it, an existing complete output is refused and
+        an incomplete one written by the same job is resumed (finished blocks are kept).
+    max_watershed_voxels:
+        Components with two or more seeds are flooded as a whole on their bounding box when
+        it has at most this many voxels (exact); larger ones are flooded per block with
+        ``fallback_context`` voxels of context, which is approximate at block seams and
+        raises an :class:`ApproximateSeamsWarning`.
+    fallback_context:
+        Context (voxels per axis) of the fallback; default half a block.
+    progress:
+        Show progress bars.
+    """
+    from innerdist.blockwise import open_or_create_output, tracking_dir_for
+    from innerdist.volumes import (
+        is_complete,
+        num_channels,
+        open_volume,
+        split_volume_path,
+    )
+
+    if mode not in ("instances", "threshold"):
+        raise ValueError(f"mode must be 'instances' or 'threshold', got {mode!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
+    if (
+        isinstance(max_watershed_voxels, bool)
+        or not isinstance(max_watershed_voxels, int)
+        or not 1 <= max_watershed_voxels <= _MAX_FLOOD_VOXELS
+    ):
+        raise ValueError(
+            f"max_watershed_voxels must be an integer in [1, {_MAX_FLOOD_VOXELS}], "
+            f"got {max_watershed_voxels!r}"
+        )
+    if mode == "threshold" and (seed_level is not None or min_size is not None):
+        raise ValueError(
+            "seed_level and min_size apply to mode='instances' only; threshold mode uses "
+            f"foreground_level alone (got seed_level={seed_level!r}, min_size={min_size!r})"
+        )
+    out_container, out_dataset = split_volume_path(out)
+    pred_container, pred_dataset = split_volume_path(prediction)
+    if (out_container.resolve(), out_dataset) == (pred_container.resolve(), pred_dataset):
+        raise ValueError(f"output {str(out)!r} is the prediction itself; choose another path")
+
+    source = open_volume(prediction)
+    pred_path = str(prediction)
+    if not is_complete(source):
+        raise ValueError(
+            f"prediction {pred_path!r} is incomplete (innerdist_complete is false: its job was "
+            "interrupted); finish it by running the same predict command again"
+        )
+    channels = num_channels(source)
+    if channels is None:
+        raise ValueError(
+            f"prediction {pred_path!r} has axes {source.axis_names} without a channel axis; "
+            "expected (c^, *spatial) as written by innerdist predict"
+        )
+    dims = source.voxel_size.dims
+    if dims not in (2, 3) or source.channel_dims != 1:
+        raise ValueError(
+            f"prediction {pred_path!r} has shape {source.shape} (axes {source.axis_names}); "
+            "expected one channel axis followed by 2 or 3 spatial axes"
+        )
+    if channels < 1:
+        raise ValueError(f"prediction {pred_path!r} has no channels (shape {source.shape})")
+    scale, shift = _quantization(source.attrs, np.dtype(source.dtype), pred_path)
+    tuned = _postprocessing(source.attrs, pred_path)
+
+    fg = (
+        foreground_level
+        if foreground_level is not None
+        else tuned.get("foreground_level", DEFAULT_FOREGROUND_LEVEL)
+    )
+    voxel_size = tuple(int(v) for v in source.voxel_size)
+    voxel_volume = math.prod(voxel_size)
+    if mode == "threshold":
+        fg = _check_level("foreground_level", fg)
+        seed, min_size_voxels, min_size_world = 1.0, 0.0, 0.0
+    else:
+        seed = seed_level if seed_level is not None else tuned.get("seed_level", DEFAULT_SEED_LEVEL)
+        fg, seed = _check_levels(fg, seed)
+        if min_size is not None:
+            min_size_world = _check_min_size("min_size", min_size)
+            min_size_voxels = min_size_world / voxel_volume
+        else:
+            min_size_voxels = tuned.get("min_size", 0.0)
+            min_size_world = min_size_voxels * voxel_volume
+
+    shape = tuple(int(s) for s in source.shape[1:])
+    block = _block_shape(block_shape, shape)
+    if fallback_context is None:
+        context = tuple(b // 2 for b in block)
+    else:
+        context = tuple(int(c) for c in fallback_context)
+        if len(context) != dims or any(c < 0 for c in context):
+            raise ValueError(
+                f"fallback_context must be {dims} non-negative integers (voxels), "
+                f"got {tuple(fallback_context)}"
+            )
+
+    seeds_path, fragments_path, grown_path = (
+        str(out_container / f"{out_dataset}__{name}") for name in ("seeds", "fragments", "grown")
+    )
+    job = _Job(
+        prediction=pred_path,
+        out=str(out),
+        seeds=seeds_path,
+        fragments=fragments_path,
+        grown=grown_path,
+        tracking=str(tracking_dir_for(out)),
+        mode=mode,
+        voxel_size=voxel_size,
+        offset=tuple(int(o) for o in source.roi.offset),
+        shape=shape,
+        block=block,
+        channels=channels,
+        scale=scale,
+        shift=shift,
+        foreground_level=fg,
+        seed_level=seed,
+        min_size_voxels=min_size_voxels,
+        max_watershed_voxels=max_watershed_voxels,
+        fallback_context=context,
+        progress=progress,
+    )
+    description = {
+        "task": "segment",
+        "prediction": str(pred_container.resolve() / pred_dataset),
+        "mode": mode,
+        "foreground_level": fg,
+        "seed_level": seed if mode == "instances" else None,
+        "min_size": min_size_world if mode == "instances" else None,
+        "block_shape": list(block),
+        "max_watershed_voxels": max_watershed_voxels,
+        "fallback_context": list(context),
+    }
+    resuming = (out_container / out_dataset).exists() and not overwrite
+    output = open_or_create_output(
+        out,
+        job=description,
+        overwrite=overwrite,
+        roi=source.roi,
+        voxel_size=voxel_size,
+        dtype=np.uint8 if mode == "threshold" else np.uint64,
+        num_channels=channels,
+        chunk_shape=block,
+        attrs={
+            SEGMENTATION_ATTR: {
+                k: description[k] for k in ("mode", "foreground_level", "seed_level", "min_size")
+            }
+        },
+    )
+    _forget()
+    try:
+        if mode == "threshold":
+            _run(job, "segment-threshold", _pass_threshold, num_workers)
+        else:
+            _segment_instances(job, source, resuming=resuming, num_workers=num_workers)
+    finally:
+        _forget()
+    _finish(job, output)
+    return str(out)
+
+
+def _block_shape(block_shape: Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+    dims = len(shape)
+    if block_shape is None:
+        wanted: tuple[int, ...] = (64,) * dims if dims == 3 else (512,) * dims
+    else:
+        wanted = tuple(block_shape)
+        if len(wanted) != dims or any(
+            isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in wanted
+        ):
+            raise ValueError(
+                f"block_shape must be {dims} positive integers (voxels), got {tuple(block_shape)}"
+            )
+    return tuple(min(int(b), s) for b, s in zip(wanted, shape, strict=True))
+
+
+def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_workers: int) -> None:
+    """One blockwise pass over the write blocks. Passes that need context read it
+    themselves (zero-filled outside the volume), so daisy is given none."""
+    from innerdist.blockwise import run_blockwise
+
+    voxel = Coordinate(job.voxel_size)
+    run_blockwise(
+        name,
+        total_roi=Roi(job.offset, Coordinate(job.shape) * voxel),
+        block_shape=Coordinate(job.block) * voxel,
+        context=Coordinate((0,) * job.dims),
+        process=partial(process, job),
+        tracking_dir=job.tracking,
+        num_workers=num_workers,
+        progress=job.progress,
+    )
+
+
+def _finish(job: _Job, output: Array) -> None:
+    from innerdist.blockwise import finish_output
+
+    for path in (job.seeds, job.fragments, job.grown):
+        _remove_dataset(path)
+    finish_output(output, job.out)
+
+
+def _remove_dataset(path: str) -> None:
+    from innerdist.volumes import split_volume_path
+
+    container, dataset = split_volume_path(path)
+    if (container / dataset).exists():
+        shutil.rmtree(container / dataset)
+
+
+def _exists(path: str) -> bool:
+    from innerdist.volumes import split_volume_path
+
+    container, dataset = split_volume_path(path)
+    return (container / dataset).exists()
+
+
+def _segment_instances(job: _Job, source: Array, *, resuming: bool, num_workers: int) -> None:
+    from innerdist.volumes import create_volume
+
+    tracking = Path(job.tracking)
+    if (tracking / "written").exists():
+        return  # killed while cleaning up: every pass is done
+    intermediates = (job.seeds, job.fragments, job.grown)
+    if not (resuming and all(_exists(p) for p in intermediates)):
+        # A fresh start (or an intermediate went missing): forget every finished block.
+        if tracking.exists():
+            shutil.rmtree(tracking)
+        for path in intermediates:
+            create_volume(
+                path,
+                roi=source.roi,
+                voxel_size=job.voxel_size,
+                dtype=np.uint64,
+                num_channels=job.channels,
+                chunk_shape=job.block,
+                overwrite=True,
+            )
+    _run(job, "segment-fragments", _pass_fragments, num_workers)
+    _run(job, "segment-faces", _pass_faces, num_workers)
+    tables = _merge(job)
+    if tables["fallback_comps"].size:
+        warnings.warn(
+            f"{tables['fallback_comps'].size} foreground component(s) with several seeds have "
+            f"bounding boxes larger than max_watershed_voxels={job.max_watershed_voxels}; "
+            f"they are split by a per-block watershed with {job.fallback_context} voxels of "
+            "context, which is approximate at block seams (raise max_watershed_voxels to "
+            "make them exact)",
+            ApproximateSeamsWarning,
+            stacklevel=3,
+        )
+        _run(job, "segment-fallback", _pass_fallback, num_workers)
+    _grow_batches(job, num_workers)
+    _finalize(job)
+    _run(job, "segment-write", _pass_write, num_workers)
+    (tracking / "written").touch()
+
+
+# --- passes ---------------------------------------------------------------------------------
+
+
+class _Voxels:
+    """Numpy-style access in voxels to a volume.
+
+    Reads go straight to the zarr array when funlib has no lazy ops on it: a dask
+    ``compute`` costs ~8 ms per call, which dominated the many small reads of the passes.
+    """
+
+    def __init__(self, array: Array) -> None:
+        self.array = array
+        self.direct = not array.lazy_ops and hasattr(array._source_data, "__getitem__")
+
+    def __getitem__(self, key: tuple[int | slice, ...]) -> Any:
+        if self.direct:
+            return np.asarray(self.array._source_data[key])
+        return np.asarray(self.array.data[key].compute(scheduler="synchronous"))
+
+    def __setitem__(self, key: tuple[int | slice, ...], value: Any) -> None:
+        self.array[key] = value
+
+
+_OPENED: dict[tuple[str, str], _Voxels] = {}
+
+
+def _open(path: str, mode: str = "r") -> _Voxels:
+    """Open a volume once per process (and per :func:`segment_volume` call)."""
+    from innerdist.volumes import open_volume
+
+    if (path, mode) not in _OPENED:
+        _OPENED[path, mode] = _Voxels(open_volume(path, mode=mode))
+    return _OPENED[path, mode]
+
+
+def _forget() -> None:
+    """Drop the per-process caches (volumes may be recreated between calls)."""
+    _OPENED.clear()
+    _TABLES.clear()
+
+
+def _box(
+    lo: Sequence[int], hi: Sequence[int], channel: int | None = None
+) -> tuple[int | slice, ...]:
+    spatial = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    return ((slice(None) if channel is None else channel), *spatial)
+
+
+def _read(array: _Voxels, job: _Job, lo: Sequence[int], hi: Sequence[int], channel: int) -> Any:
+    """One channel of ``array`` over the voxel box ``[lo, hi)``, zeros outside the volume."""
+    inner_lo = [max(a, 0) for a in lo]
+    inner_hi = [min(b, s) for b, s in zip(hi, job.shape, strict=True)]
+    data = np.asarray(array[_box(inner_lo, inner_hi, channel)])
+    if list(inner_lo) == list(lo) and list(inner_hi) == list(hi):
+        return data
+    full = np.zeros(tuple(b - a for a, b in zip(lo, hi, strict=True)), data.dtype)
+    full[tuple(slice(i - a, j - a) for i, j, a in zip(inner_lo, inner_hi, lo, strict=True))] = data
+    return full
+
+
+def _save(path: Path, **arrays: Any) -> None:
+    """Write an ``.npz`` atomically, so a killed run never leaves a truncated one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _pass_threshold(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    b, lo, hi = job.locate(write_roi)
+    pred = _dequantize(np.asarray(_open(job.prediction)[_box(lo, hi)]), job.scale, job.shift)
+    _open(job.out, "r+")[_box(lo, hi)] = (pred > job.foreground_level).astype(np.uint8)
+
+
+def _pass_fragments(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    """Pass A: components of seeds and foreground inside one block, with block-unique ids."""
+    b, lo, hi = job.locate(write_roi)
+    pred = _dequantize(np.asarray(_open(job.prediction)[_box(lo, hi)]), job.scale, job.shift)
+    seeds_out = np.zeros(pred.shape, np.uint64)
+    fragments_out = np.zeros(pred.shape, np.uint64)
+    stats: dict[str, Any] = {}
+    for c in range(job.channels):
+        base = np.uint64((c * job.num_blocks + b) << _LOCAL_BITS)
+        seeds, n_seeds = _components(pred[c] > job.seed_level)
+        fragments, n_fragments = _components(pred[c] > job.foreground_level)
+        seeds_out[c] = np.where(seeds > 0, seeds.astype(np.uint64) + base, np.uint64(0))
+        fragments_out[c] = np.where(fragments > 0, fragments.astype(np.uint64) + base, 0)
+        counts, first, box_lo, box_hi = _fragment_stats(fragments, n_fragments, lo, job.shape)
+        # Every seed lies inside one fragment: look it up at the seed's first voxel.
+        seed_first = _first_voxels(seeds, n_seeds)
+        stats[f"counts{c}"] = counts
+        stats[f"first{c}"] = first
+        stats[f"box_lo{c}"] = box_lo
+        stats[f"box_hi{c}"] = box_hi
+        stats[f"seed_fragment{c}"] = fragments.reshape(-1)[seed_first].astype(np.int64)
+    _open(job.seeds, "r+")[_box(lo, hi)] = seeds_out
+    _open(job.fragments, "r+")[_box(lo, hi)] = fragments_out
+    _save(job.stats("fragments") / f"{b}.npz", **stats)
+
+
+def _first_voxels(labels: npt.NDArray[Any], n: int) -> npt.NDArray[np.int64]:
+    """Flat index (in ``labels``) of the first voxel of each label ``1..n``."""
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    first = np.full(n, _INT64_MAX, np.int64)
+    np.minimum.at(first, flat[where].astype(np.intp) - 1, where)
+    return first
+
+
+def _fragment_stats(
+    labels: npt.NDArray[Any], n: int, lo: Sequence[int], shape: Sequence[int]
+) -> tuple[npt.NDArray[np.int64], ...]:
+    """Voxel counts, first voxels (raster index in the whole volume) and bounding boxes
+    (voxels of the whole volume, ``[box_lo, box_hi)``) of labels ``1..n`` of a block at
+    ``lo``. The first voxel in block raster order is also the first in volume raster order:
+    both orders sort by (z, y, x)."""
+    from scipy import ndimage
+
+    dims = labels.ndim
+    flat = labels.reshape(-1)
+    counts = np.bincount(flat, minlength=n + 1)[1:].astype(np.int64)
+    first_local = _first_voxels(labels, n)
+    coords = np.unravel_index(first_local, labels.shape)
+    first = np.ravel_multi_index(
+        tuple(c + o for c, o in zip(coords, lo, strict=True)), tuple(shape)
+    ).astype(np.int64)
+    box_lo = np.zeros((n, dims), np.int64)
+    box_hi = np.zeros((n, dims), np.int64)
+    for i, slices in enumerate(ndimage.find_objects(labels, max_label=n)):
+        box_lo[i] = [s.start + o for s, o in zip(slices, lo, strict=True)]
+        box_hi[i] = [s.stop + o for s, o in zip(slices, lo, strict=True)]
+    return counts, first, box_lo, box_hi
+
+
+def _pass_faces(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    """Pass B: id pairs that touch across the block's upper faces (face connectivity, as
+    within blocks). Reads the block plus one voxel beyond each upper face."""
+    b, lo, hi = job.locate(write_roi)
+    grown_hi = [min(e + 1, s) for e, s in zip(hi, job.shape, strict=True)]
+    inside = tuple(slice(0, e - a) for a, e in zip(lo, hi, strict=True))
+    pairs = {}
+    for name, path in (("seeds", job.seeds), ("fragments", job.fragments)):
+        data = np.asarray(_open(path)[_box(lo, grown_hi)])
+        found = [np.zeros((0, 2), np.uint64)]
+        for d in range(job.dims):
+            if grown_hi[d] == hi[d]:
+                continue  # the volume ends here
+            last: tuple[Any, ...] = (slice(None), *inside[:d], hi[d] - lo[d] - 1, *inside[d + 1 :])
+            beyond: tuple[Any, ...] = (slice(None), *inside[:d], hi[d] - lo[d], *inside[d + 1 :])
+            below, above = data[last], data[beyond]
+            touching = (below != 0) & (above != 0)
+            found.append(np.stack([below[touching], above[touching]], axis=1))
+        pairs[name] = np.unique(np.concatenate(found), axis=0)
+    _save(job.stats("faces") / f"{b}.npz", **pairs)
+
+
+# --- merge: whole-volume components from block components ----------------------------------
+
+_TABLES: dict[str, dict[str, Any]] = {}
+
+
+def _tables(job: _Job) -> dict[str, Any]:
+    """The merge tables, memory-mapped once per process."""
+    key = job.tracking
+    if key not in _TABLES:
+        folder = Path(job.tracking) / "tables"
+        _TABLES[key] = {p.stem: np.load(p, mmap_mode="r") for p in folder.glob("*.npy")}
+    return _TABLES[key]
+
+
+def _union(num_nodes: int, pairs: npt.NDArray[np.int64]) -> tuple[int, npt.NDArray[np.int64]]:
+    """Connected components of a graph given as node pairs: (count, component of node)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if num_nodes == 0:
+        return 0, np.zeros(0, np.int64)
+    graph = coo_matrix(
+        (np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(num_nodes, num_nodes)
+    )
+    count, labels = connected_components(graph, directed=False)
+    return int(count), labels.astype(np.int64)
+
+
+def _node_index(
+    ids: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Block-unique ids -> dense node numbers (``offsets[virtual block] + local - 1``);
+    -1 for id 0."""
+    block = (ids >> np.uint64(_LOCAL_BITS)).astype(np.int64)
+    local = (ids & _LOCAL_MASK).astype(np.int64)
+    return np.where(ids != 0, offsets[block] + local - 1, -1)
+
+
+def _save_table(folder: Path, name: str, value: npt.NDArray[Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, value)
+    os.replace(tmp, folder / f"{name}.npy")
+
+
+def _merge(job: _Job) -> dict[str, Any]:
+    """Union-find over the block components; writes the tables every later step reads.
+
+    Nodes are the block components, numbered densely in the order of their virtual block
+    ``channel * num_blocks + block`` (the high bits of their ids), so that node =
+    ``offsets[virtual block] + local id - 1``.
+    """
+    folder = Path(job.tracking) / "tables"
+    if (folder / "done").exists():
+        return _tables(job)
+    per_block = []
+    for b in range(job.num_blocks):
+        with np.load(job.stats("fragments") / f"{b}.npz") as data:
+            per_block.append({k: data[k] for k in data.files})
+
+    def gather(key: str) -> list[npt.NDArray[Any]]:
+        return [
+            per_block[b][f"{key}{c}"] for c in range(job.channels) for b in range(job.num_blocks)
+        ]
+
+    n_fragments = np.array([len(x) for x in gather("counts")], np.int64)
+    seed_fragment_local = gather("seed_fragment")
+    fragment_offsets = np.r_[0, np.cumsum(n_fragments)].astype(np.int64)
+    seed_offsets = np.r_[0, np.cumsum([len(x) for x in seed_fragment_local])].astype(np.int64)
+    fragment_counts = np.concatenate(gather("counts")).astype(np.int64)
+    fragment_first = np.concatenate(gather("first")).astype(np.int64)
+    box_lo = np.concatenate(gather("box_lo")).reshape(-1, job.dims).astype(np.int64)
+    box_hi = np.concatenate(gather("box_hi")).reshape(-1, job.dims).astype(np.int64)
+    seed_fragment = np.concatenate(
+        [np.zeros(0, np.int64)]
+        + [local - 1 + fragment_offsets[vb] for vb, local in enumerate(seed_fragment_local)]
+    ).astype(np.int64)
+    fragment_channel = np.repeat(
+        np.arange(job.channels * job.num_blocks) // job.num_blocks, n_fragments
+    )
+
+    pairs: dict[str, list[npt.NDArray[np.uint64]]] = {"seeds": [], "fragments": []}
+    for b in range(job.num_blocks):
+        with np.load(job.stats("faces") / f"{b}.npz") as data:
+            for name, found in pairs.items():
+                found.append(data[name].astype(np.uint64).reshape(-1, 2))
+    n_comps, fragment_comp = _union(
+        len(fragment_counts), _node_index(np.concatenate(pairs["fragments"]), fragment_offsets)
+    )
+    n_objects, seed_comp = _union(
+        int(seed_offsets[-1]), _node_index(np.concatenate(pairs["seeds"]), seed_offsets)
+    )
+
+    comp_size = np.zeros(n_comps, np.int64)
+    np.add.at(comp_size, fragment_comp, fragment_counts)
+    comp_first = np.full(n_comps, _INT64_MAX, np.int64)
+    np.minimum.at(comp_first, fragment_comp, fragment_first)
+    comp_lo = np.full((n_comps, job.dims), _INT64_MAX, np.int64)
+    np.minimum.at(comp_lo, fragment_comp, box_lo)
+    comp_hi = np.zeros((n_comps, job.dims), np.int64)
+    np.maximum.at(comp_hi, fragment_comp, box_hi)
+    comp_channel = np.zeros(n_comps, np.int64)
+    comp_channel[fragment_comp] = fragment_channel
+
+    # Objects are the whole-volume seed components; each lies inside one foreground
+    # component. Object keys are 1 + object number (0 is background).
+    object_comp = np.zeros(n_objects, np.int64)
+    object_comp[seed_comp] = fragment_comp[seed_fragment]
+    seeds_per_comp = np.bincount(object_comp, minlength=n_comps)
+    comp_object = np.full(n_comps, -1, np.int64)
+    comp_object[object_comp] = np.arange(n_objects)
+    single = seeds_per_comp == 1
+    multi = seeds_per_comp >= 2
+    box_voxels = np.prod((comp_hi - comp_lo).astype(np.float64), axis=1)
+    fallback = multi & (box_voxels > job.max_watershed_voxels)
+
+    comp_value = np.zeros(n_comps, np.uint64)
+    comp_value[single] = (comp_object[single] + 1).astype(np.uint64)
+    comp_value[multi] = _GROWN
+    # Single-seed components are their object: size and first voxel are the component's.
+    object_size = np.zeros(n_objects, np.int64)
+    object_first = np.full(n_objects, _INT64_MAX, np.int64)
+    object_size[comp_object[single]] = comp_size[single]
+    object_first[comp_object[single]] = comp_first[single]
+
+    batches = _batches(job, np.flatnonzero(multi & ~fallback), comp_lo, comp_hi, comp_channel)
+    tables = {
+        "fragment_offsets": fragment_offsets,
+        "seed_offsets": seed_offsets,
+        "fragment_comp": fragment_comp,
+        "seed_comp": seed_comp,
+        "fragment_value": comp_value[fragment_comp],
+        "is_fallback_fragment": fallback[fragment_comp],
+        "fallback_comps": np.flatnonzero(fallback),
+        "object_size": object_size,
+        "object_first": object_first,
+        "object_channel": comp_channel[object_comp],
+        **batches,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, value in tables.items():
+        _save_table(folder, name, value)
+    (folder / "done").touch()
+    logger.info(
+        "%d foreground components: %d with one seed, %d flooded exactly in %d batches, "
+        "%d by the blockwise fallback",
+        n_comps,
+        int(single.sum()),
+        int((multi & ~fallback).sum()),
+        len(batches["batch_channel"]),
+        int(fallback.sum()),
+    )
+    _TABLES.pop(job.tracking, None)
+    return _tables(job)
+
+
+def _batches(
+    job: _Job,
+    comps: npt.NDArray[np.int64],
+    comp_lo: npt.NDArray[np.int64],
+    comp_hi: npt.NDArray[np.int64],
+    comp_channel: npt.NDArray[np.int64],
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Group the exactly flooded components into batches flooded together on one box.
+
+    Components of one channel whose boxes start in the same block go together (neighbours
+    share one read and one watershed call) as long as the joint box stays within
+    ``max_watershed_voxels``. Flooding several components at once is still exact: the
+    mask keeps them apart. Batch ``i`` holds ``comps[start[i]:start[i + 1]]``.
+    """
+    block = np.array(job.block, np.int64)
+    owner = [
+        (int(comp_channel[k]), int(np.ravel_multi_index(tuple(comp_lo[k] // block), job.grid)))
+        for k in comps
+    ]
+    order = sorted(range(len(comps)), key=lambda i: (owner[i], int(comps[i])))
+    start: list[int] = []
+    channel: list[int] = []
+    lo: list[npt.NDArray[np.int64]] = []
+    hi: list[npt.NDArray[np.int64]] = []
+    previous = None
+    for position, i in enumerate(order):
+        k = comps[i]
+        if previous == owner[i]:
+            joint_lo = np.minimum(lo[-1], comp_lo[k])
+            joint_hi = np.maximum(hi[-1], comp_hi[k])
+            if math.prod((joint_hi - joint_lo).tolist()) <= job.max_watershed_voxels:
+                lo[-1], hi[-1] = joint_lo, joint_hi
+                continue
+        previous = owner[i]
+        start.append(position)
+        channel.append(owner[i][0])
+        lo.append(comp_lo[k].copy())
+        hi.append(comp_hi[k].copy())
+    return {
+        "batch_comps": np.array([comps[i] for i in order], np.int64),
+        "batch_start": np.array([*start, len(order)], np.int64),
+        "batch_channel": np.array(channel, np.int64),
+        "batch_lo": np.array(lo, np.int64).reshape(-1, job.dims),
+        "batch_hi": np.array(hi, np.int64).reshape(-1, job.dims),
+    }
+
+
+# --- growing multi-seed components ---------------------------------------------------------
+
+
+def _markers(
+    seeds: npt.NDArray[np.uint64], mask: npt.NDArray[np.bool_], tables: Mapping[str, Any]
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint64]]:
+    """Seed voxels inside ``mask`` as int32 markers ``1..m`` (skimage's label type), and
+    the object key of every marker (``keys[marker]``, ``keys[0] == 0``)."""
+    inside = mask & (seeds != 0)
+    nodes = _node_index(seeds[inside], tables["seed_offsets"])
+    objects = np.asarray(tables["seed_comp"])[nodes] + 1
+    unique, inverse = np.unique(objects, return_inverse=True)
+    markers = np.zeros(seeds.shape, np.int32)
+    markers[inside] = inverse.reshape(-1) + 1
+    return markers, np.r_[0, unique].astype(np.uint64)
+
+
+def _object_stats(
+    labels: npt.NDArray[np.int32],
+    keys: npt.NDArray[np.uint64],
+    lo: Sequence[int],
+    shape: Sequence[int],
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Voxel count and first voxel (raster index in the volume) of every marker label in a
+    box at ``lo``, listed by object number (``key - 1``)."""
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    ids = flat[where].astype(np.intp)
+    counts = np.bincount(ids, minlength=len(keys))
+    first_local = np.full(len(keys), _INT64_MAX, np.int64)
+    np.minimum.at(first_local, ids, where)
+    present = np.flatnonzero(counts[1:] > 0) + 1
+    coords = np.unravel_index(first_local[present], labels.shape)
+    first = np.ravel_multi_index(
+        tuple(c + o for c, o in zip(coords, lo, strict=True)), tuple(shape)
+    )
+    return {
+        "objects": keys[present].astype(np.int64) - 1,
+        "sizes": counts[present].astype(np.int64),
+        "first": np.asarray(first, np.int64),
+    }
+
+
+def _pass_fallback(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    """Per-block watershed with context, for components too large to flood whole. The
+    block's part of such a component is flooded from the seeds within ``fallback_context``;
+    voxels whose seed is farther away (or behind a seam) can come out differently from the
+    in-memory result, or stay 0."""
+    b, lo, hi = job.locate(write_roi)
+    tables = _tables(job)
+    offsets = tables["fragment_offsets"]
+    is_fallback = np.r_[False, np.asarray(tables["is_fallback_fragment"])]
+    fragments_w = np.asarray(_open(job.fragments)[_box(lo, hi)])
+    stats: dict[str, list[npt.NDArray[np.int64]]] = {"objects": [], "sizes": [], "first": []}
+    grown = _open(job.grown, "r+")
+    context = job.fallback_context
+    rlo = [a - m for a, m in zip(lo, context, strict=True)]
+    rhi = [a + m for a, m in zip(hi, context, strict=True)]
+    inner = tuple(slice(m, m + e - a) for m, a, e in zip(context, lo, hi, strict=True))
+    for c in range(job.channels):
+        todo = is_fallback[_node_index(fragments_w[c], offsets) + 1]
+        if not todo.any():
+            continue
+        pred = _dequantize(_read(_open(job.prediction), job, rlo, rhi, c), job.scale, job.shift)
+        nodes = _node_index(_read(_open(job.fragments), job, rlo, rhi, c), offsets)
+        mask = is_fallback[nodes + 1]
+        markers, keys = _markers(_read(_open(job.seeds), job, rlo, rhi, c), mask, tables)
+        labels = np.where(todo, _flood(pred, markers, mask)[inner], 0)
+        box = _box(lo, hi, c)
+        grown[box] = np.where(todo, keys[labels], np.asarray(grown[box]))
+        for k, v in _object_stats(labels, keys, lo, job.shape).items():
+            stats[k].append(v)
+    _save(
+        job.stats("fallback") / f"{b}.npz",
+        **{k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in stats.items()},
+    )
+
+
+_Flooded = tuple[int, list[int], npt.NDArray[np.uint64], dict[str, npt.NDArray[np.int64]]]
+
+
+def _flood_batch(job: _Job, batch: int) -> _Flooded:
+    """Flood the components of one batch on their joint box (exact, see the module
+    docstring). Returns ``(batch, lo, object keys in the box (0 outside the batch's
+    components), stats)``; the caller writes the keys into ``<out>__grown``."""
+    tables = _tables(job)
+    start, stop = tables["batch_start"][batch : batch + 2]
+    comps = np.asarray(tables["batch_comps"][start:stop])
+    lo = [int(v) for v in tables["batch_lo"][batch]]
+    hi = [int(v) for v in tables["batch_hi"][batch]]
+    c = int(tables["batch_channel"][batch])
+    pred = _dequantize(_read(_open(job.prediction), job, lo, hi, c), job.scale, job.shift)
+    nodes = _node_index(_read(_open(job.fragments), job, lo, hi, c), tables["fragment_offsets"])
+    comp = np.where(nodes >= 0, np.asarray(tables["fragment_comp"])[np.maximum(nodes, 0)], -1)
+    mask = np.isin(comp, comps)
+    markers, keys = _markers(_read(_open(job.seeds), job, lo, hi, c), mask, tables)
+    labels = _flood(pred, markers, mask)
+    return batch, lo, keys[labels], _object_stats(labels, keys, lo, job.shape)
+
+
+def _grow_batches(job: _Job, num_workers: int) -> None:
+    """Flood every batch of exact components. Only this process writes ``__grown``: boxes
+    of different batches may share chunks, and parallel writers could lose updates."""
+    from tqdm import tqdm
+
+    tables = _tables(job)
+    folder = job.stats("grow")
+    todo = [i for i in range(len(tables["batch_channel"])) if not (folder / f"{i}.npz").exists()]
+    if not todo:
+        return
+    grown = _open(job.grown, "r+")
+
+    def store(result: _Flooded) -> None:
+        batch, lo, keys, stats = result
+        hi = [a + s for a, s in zip(lo, keys.shape, strict=True)]
+        box = _box(lo, hi, int(tables["batch_channel"][batch]))
+        grown[box] = np.where(keys != 0, keys, np.asarray(grown[box]))
+        _save(folder / f"{batch}.npz", **stats)
+
+    with tqdm(total=len(todo), desc="segment-grow", unit="batch", disable=not job.progress) as bar:
+        workers = min(num_workers, len(todo))  # spawning a worker costs seconds
+        if workers == 1:
+            for batch in todo:
+                store(_flood_batch(job, batch))
+                bar.update()
+            return
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            # A bounded window of batches in flight bounds the memory of pending results.
+            queue = iter(todo)
+            pending = {
+                pool.submit(_flood_batch, job, i) for i in itertools.islice(queue, 2 * workers)
+            }
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    store(future.result())
+                    bar.update()
+                    pending |= {
+                        pool.submit(_flood_batch, job, i) for i in itertools.islice(queue, 1)
+                    }
+
+
+# --- final ids and output -------------------------------------------------------------------
+
+
+def _finalize(job: _Job) -> None:
+    """Sizes of grown objects -> min_size -> consecutive ids per channel."""
+    target = Path(job.tracking) / "tables" / "final_ids.npy"
+    if target.exists():
+        return
+    tables = _tables(job)
+    sizes = np.array(tables["object_size"])
+    first = np.array(tables["object_first"])
+    for step in ("fallback", "grow"):
+        for path in sorted(job.stats(step).glob("*.npz")):
+            with np.load(path) as data:
+                np.add.at(sizes, data["objects"], data["sizes"])
+                np.minimum.at(first, data["objects"], data["first"])
+    final = np.zeros(len(sizes) + 1, np.uint64)
+    final[1:] = _consecutive_ids(
+        sizes, first, np.asarray(tables["object_channel"]), job.min_size_voxels
+    )
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, final)
+    os.replace(tmp, target)
+    _TABLES.pop(job.tracking, None)
+
+
+def _pass_write(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    b, lo, hi = job.locate(write_roi)
+    tables = _tables(job)
+    offsets = tables["fragment_offsets"]
+    final = tables["final_ids"]
+    fragments = np.asarray(_open(job.fragments)[_box(lo, hi)])
+    out = np.zeros(fragments.shape, np.uint64)
+    for c in range(job.channels):
+        vb = c * job.num_blocks + b
+        lut = np.r_[np.uint64(0), tables["fragment_value"][offsets[vb] : offsets[vb + 1]]]
+        keys = lut[(fragments[c] & _LOCAL_MASK).astype(np.intp)]
+        grown = keys == _GROWN
+        if grown.any():
+            keys[grown] = np.asarray(_open(job.grown)[_box(lo, hi, c)])[grown]
+        out[c] = final[keys.astype(np.intp)]
+    _open(job.out, "r+")[_box(lo, hi)] = out

@@ -1,0 +1,667 @@
+"""Masks and instances from inner-distance predictions, in memory and blockwise.
+
+The blockwise result must be the in-memory result: the tests compare them exactly (same
+ids) and, as the weaker property users rely on, check that the pair histogram of the two
+labelings is a bijection.
+"""
+
+import numpy as np
+import pytest
+from funlib.geometry import Roi
+from funlib.persistence import prepare_ds
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+from skimage.segmentation import watershed
+from typer.testing import CliRunner
+
+import innerdist.segment as seg
+from innerdist.blockwise import tracking_dir_for
+from innerdist.cli import app
+from innerdist.segment import (
+    ApproximateSeamsWarning,
+    instances,
+    segment_volume,
+    threshold_mask,
+)
+from innerdist.volumes import create_volume, is_complete, mark_complete, open_volume
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def write_prediction(path, pred, voxel_size=None, offset=None, attrs=None, complete=True):
+    """Write ``pred`` (C, *spatial) as a prediction volume (chunks unrelated to blocks)."""
+    dims = pred.ndim - 1
+    voxel_size = voxel_size or (1,) * dims
+    offset = offset or (0,) * dims
+    roi = Roi(offset, tuple(s * v for s, v in zip(pred.shape[1:], voxel_size)))
+    array = create_volume(path, roi=roi, voxel_size=voxel_size, dtype=pred.dtype,
+                          num_channels=pred.shape[0], chunk_shape=(5,) * dims, attrs=attrs)
+    array[roi] = pred
+    if complete:
+        mark_complete(array)
+    return str(path)
+
+
+def read(path):
+    array = open_volume(path)
+    return array[array.roi]
+
+
+def tanh_distance(labels, scale, sampling=None):
+    """A prediction as a network would make it: tanh of each object's distance to its
+    boundary (touching objects bound each other), 0 in background."""
+    pred = np.zeros(labels.shape, np.float64)
+    for i in np.unique(labels[labels > 0]):
+        inside = labels == i
+        pred[inside] = np.tanh(ndimage.distance_transform_edt(inside, sampling)[inside] / scale)
+    return pred.astype(np.float32)
+
+
+def balls(shape, spheres):
+    """Label volume with balls ``(centre, radius)``; earlier balls win where they overlap."""
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.uint32)
+    for i, (centre, radius) in enumerate(spheres, start=1):
+        inside = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+        labels[inside & (labels == 0)] = i
+    return labels
+
+
+def scene_3d():
+    """24^3 (blocks of 8^3): a ball on a block corner, two touching balls (one foreground
+    component, two seeds), a U that leaves block (0, 0, 0) and re-enters it, a rod through
+    three blocks touching a second rod, and a faint blob without seed."""
+    shape = (24, 24, 24)
+    labels = balls(shape, [((8, 8, 8), 5), ((17, 6, 17), 4), ((17, 14, 17), 4)])
+    u = np.zeros(shape, bool)
+    u[1:5, 1:12, 1:4] = u[1:5, 1:12, 5:8] = u[1:5, 9:12, 1:8] = True  # arms meet at y 9..11
+    labels[u & (labels == 0)] = 4
+    labels[20:23, 18:21, :] = 5
+    labels[20:23, 21:24, 2:22] = 6
+    pred = tanh_distance(labels, scale=1.5)
+    faint = balls(shape, [((20, 4, 4), 3)]) > 0
+    pred[faint] = 0.5 * tanh_distance(faint.astype(np.uint32), scale=1.5)[faint]
+    return pred
+
+
+def scene_2d():
+    """40x40 (blocks of 8x8): a disk on a block corner, touching disks, a U, a faint blob."""
+    shape = (40, 40)
+    labels = balls(shape, [((16, 16), 6), ((30, 8), 5), ((30, 17), 5)])
+    labels[2:12, 26:29] = labels[2:12, 33:36] = labels[9:12, 26:36] = 4
+    pred = tanh_distance(labels, scale=1.5)
+    faint = balls(shape, [((34, 33), 4)]) > 0
+    pred[faint] = 0.5 * tanh_distance(faint.astype(np.uint32), scale=1.5)[faint]
+    return pred
+
+
+def noisy(pred, seed=0, amount=0.15):
+    """Noise inside objects: extra seeds and many multi-seed components."""
+    rng = np.random.default_rng(seed)
+    out = pred + rng.uniform(-amount, amount, pred.shape) * (pred > 0)
+    return np.clip(out, 0, 0.999).astype(np.float32)
+
+
+def assert_bijection(a, b):
+    """The pair histogram of two labelings is a bijection (0 <-> 0 included)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1], "a label of a maps to several of b"
+    assert len(np.unique(pairs[1])) == pairs.shape[1], "a label of b maps to several of a"
+    assert ((pairs[0] == 0) == (pairs[1] == 0)).all(), "background maps to an object"
+
+
+def assert_same(got, want):
+    assert_bijection(got, want)
+    np.testing.assert_array_equal(got, want)  # stronger: the ids are the same too
+
+
+def reference(pred, fg=0.05, seed=0.8, min_size_voxels=0):
+    return np.stack(
+        [instances(p, foreground_level=fg, seed_level=seed, min_size_voxels=min_size_voxels)
+         for p in pred]
+    )
+
+
+def slow_canonical(labels):
+    """Relabel 1..N in the raster order of first voxels, one label at a time."""
+    out = np.zeros(labels.shape, np.uint64)
+    flat = labels.ravel()
+    seen = {}
+    for v in flat:
+        if v and v not in seen:
+            seen[v] = len(seen) + 1
+    for old, new in seen.items():
+        out[labels == old] = new
+    return out
+
+
+# --- in memory ------------------------------------------------------------------------------
+
+
+def test_threshold_mask_hand_computed():
+    pred = np.array([[0.0, 0.05, 0.0501], [0.5, 0.99, np.nan]], np.float32)
+    got = threshold_mask(pred, 0.05)
+    np.testing.assert_array_equal(got, [[0, 0, 1], [1, 1, 0]])
+    assert got.dtype == np.uint8
+
+
+def test_instances_hand_computed_saddle_and_unseeded_region():
+    pred = np.array(
+        [[0.1, 0.5, 0.9, 0.95, 0.6, 0.3, 0.6, 0.85, 0.5, 0.02, 0.3, 0.6, 0.3]], np.float32
+    )
+    got = instances(pred, foreground_level=0.05, seed_level=0.8)
+    # The .3 saddle is claimed from the left: both .6 reach it, the left one was queued
+    # first (its seed .95 is deeper than .85). The last bump has no seed and stays 0.
+    np.testing.assert_array_equal(got, [[1, 1, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0]])
+    assert got.dtype == np.uint64
+
+
+def test_plateau_between_equal_seeds_is_split_deterministically():
+    # Equal seeds: the raster-first seed is flooded first, so it takes the middle voxel.
+    pred = np.array([[0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9]], np.float32)
+    np.testing.assert_array_equal(
+        instances(pred, foreground_level=0.05, seed_level=0.8), [[1, 1, 1, 1, 2, 2, 2]]
+    )
+    pred = np.array([[0.9, 0.5, 0.5, 0.5, 0.5, 0.9]], np.float32)
+    np.testing.assert_array_equal(
+        instances(pred, foreground_level=0.05, seed_level=0.8), [[1, 1, 1, 2, 2, 2]]
+    )
+
+
+def test_seeds_are_face_connected_and_ids_follow_raster_order():
+    pred = np.zeros((5, 5), np.float32)
+    pred[1, 3] = pred[2, 2] = 0.9  # diagonal neighbours: two seeds, not one
+    pred[3, 0] = 0.95
+    got = instances(pred, foreground_level=0.05, seed_level=0.8)
+    np.testing.assert_array_equal(np.unique(got), [0, 1, 2, 3])
+    assert got[1, 3] == 1 and got[2, 2] == 2 and got[3, 0] == 3
+
+
+def test_min_size_voxels_removes_small_objects_and_keeps_ids_consecutive():
+    pred = np.zeros((1, 12), np.float32)
+    pred[0, 0:2] = 0.9  # 2 voxels
+    pred[0, 3:6] = 0.9  # 3 voxels
+    pred[0, 7:11] = 0.9  # 4 voxels
+    got = instances(pred, foreground_level=0.05, seed_level=0.8, min_size_voxels=3)
+    np.testing.assert_array_equal(got, [[0, 0, 0, 1, 1, 1, 0, 2, 2, 2, 2, 0]])
+    got = instances(pred, foreground_level=0.05, seed_level=0.8, min_size_voxels=3.5)
+    np.testing.assert_array_equal(got, [[0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0]])
+
+
+def test_skimage_orders_markers_by_their_value():
+    # What _flood relies on: skimage pops markers by their image value. (The development
+    # version gives every marker -inf; then this fails and the tie-breaking needs redoing.)
+    image = -np.array([[0.9, 0.5, 0.95]])
+    markers = np.array([[1, 0, 2]], np.int32)
+    np.testing.assert_array_equal(watershed(image, markers, mask=image < 0), [[1, 2, 2]])
+
+
+def test_plain_skimage_is_not_restriction_consistent_but_flood_is():
+    # Equal-valued markers every other voxel: skimage's heap pops them in an order that
+    # depends on the whole heap, so a sub-box disagrees with the whole row. _flood doesn't.
+    pred = np.full((1, 30), 0.5)
+    markers = np.zeros((1, 30), np.int32)
+    markers[0, ::2] = np.arange(1, 16)
+    pred[0, ::2] = 0.9
+    whole = watershed(-pred, markers, mask=pred > 0)
+    part = watershed(-pred[:, :9], markers[:, :9], mask=pred[:, :9] > 0)
+    assert not np.array_equal(whole[:, :8], part[:, :8])
+    whole = seg._flood(pred, markers, pred > 0)
+    part = seg._flood(pred[:, :9], markers[:, :9], pred[:, :9] > 0)
+    np.testing.assert_array_equal(whole[:, :8], part[:, :8])
+    np.testing.assert_array_equal(whole[0], np.repeat(np.arange(1, 16), 2))
+
+
+quantized = st.integers(2, 3).flatmap(
+    lambda dims: arrays(
+        np.float32,
+        st.tuples(*[st.integers(2, 9)] * dims),
+        elements=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 0.95]),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pred=quantized)
+def test_flooding_one_component_on_its_box_equals_flooding_everything(pred):
+    """The claim the blockwise exact path rests on, on inputs full of ties."""
+    seeds, _ = seg._components(pred > 0.8)
+    mask = pred > 0.05
+    whole = seg._flood(pred, seeds.astype(np.int32), mask)
+    comps, n = seg._components(mask)
+    for k, box in enumerate(ndimage.find_objects(comps), start=1):
+        alone = comps[box] == k
+        part = seg._flood(pred[box], np.where(alone, seeds[box], 0).astype(np.int32), alone)
+        np.testing.assert_array_equal(part[alone], whole[box][alone])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pred=arrays(np.float64, (7, 8), elements=st.floats(0, 1, exclude_max=True)),
+    levels=st.tuples(st.floats(0, 0.5), st.floats(0.5, 1, exclude_min=True)),
+)
+def test_instances_equal_plain_skimage_when_seeds_have_distinct_values(pred, levels):
+    fg, seed = levels
+    seeds = pred > seed
+    values = pred[seeds]
+    if len(np.unique(values)) != len(values):
+        return  # ties among seed voxels: skimage's own order is arbitrary there
+    markers, _ = seg._components(seeds)
+    want = slow_canonical(watershed(-pred, markers.astype(np.int32), mask=pred > fg))
+    np.testing.assert_array_equal(
+        instances(pred, foreground_level=fg, seed_level=seed), want
+    )
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: threshold_mask(np.zeros(3, np.float32), 1.5), ValueError, "in [0, 1]"),
+        (lambda: threshold_mask(np.zeros(3, np.float32), "a"), TypeError, "number"),
+        (lambda: threshold_mask(np.zeros(3, np.uint8), 0.5), TypeError, "float array"),
+        (lambda: instances(np.zeros(3, np.float32), foreground_level=0.1, seed_level=0.8),
+         ValueError, "2-D or 3-D"),
+        (lambda: instances(np.zeros((2, 2), int), foreground_level=0.1, seed_level=0.8),
+         TypeError, "dtype int64"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.8, seed_level=0.8),
+         ValueError, "below seed_level"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=-0.1, seed_level=0.8),
+         ValueError, "foreground_level must be in [0, 1]"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=1.2),
+         ValueError, "seed_level must be in [0, 1]"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=None, seed_level=0.8),
+         TypeError, "foreground_level must be a number"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           min_size_voxels=-1), ValueError, "min_size_voxels"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           min_size_voxels="3"), TypeError, "min_size_voxels"),
+    ],
+)
+def test_in_memory_errors(call, error, message):
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+        call()
+
+
+# --- blockwise: equality with the in-memory reference -----------------------------------
+
+
+@pytest.mark.parametrize("block", [(8, 8, 8), (7, 10, 24)])
+def test_blockwise_instances_equal_in_memory_3d(tmp_path, block):
+    pred = noisy(scene_3d())[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    out = segment_volume(path, tmp_path / "s.zarr" / "seg", block_shape=block, progress=False)
+    got = read(out)
+    want = reference(pred)
+    assert_same(got, want)
+    assert len(np.unique(want)) > 8  # the noise made several multi-seed components
+    result = open_volume(out)
+    assert is_complete(result) and result.dtype == np.uint64
+    assert result.axis_names == ["c^", "z", "y", "x"]
+    assert result._source_data.chunks == (1, *block)
+    # Intermediates and block tracking are gone.
+    assert sorted(p.name for p in (tmp_path / "s.zarr").iterdir()) == [".innerdist-blocks", "seg"]
+    assert not tracking_dir_for(out).exists()
+
+
+def test_blockwise_clean_scene_objects_3d(tmp_path):
+    pred = scene_3d()[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(8, 8, 8),
+                              progress=False))
+    want = reference(pred)
+    assert_same(got, want)
+    # corner ball, two touching balls split, U as one object, two rods; faint blob is 0
+    assert want.max() == 6
+    assert got[0, 20, 4, 4] == 0 and pred[0, 20, 4, 4] > 0.05
+    assert got[0, 3, 2, 2] == got[0, 3, 2, 6] != 0  # the U's arms are one object
+
+
+def test_blockwise_instances_2d_anisotropic_with_offset(tmp_path):
+    pred = noisy(scene_2d(), seed=1)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=(4, 2),
+                            offset=(40, 20))
+    out = segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(8, 8), progress=False)
+    result = open_volume(out)
+    assert result.roi == Roi((40, 20), (160, 80)) and result.voxel_size == (4, 2)
+    assert_same(read(out), reference(pred))
+
+
+def test_quantized_uint8_prediction_with_many_ties(tmp_path):
+    stored = np.rint(noisy(scene_3d(), seed=2) * 20).astype(np.uint8)  # 21 distinct levels
+    attrs = {"innerdist_quantization": {"scale": 0.05, "offset": 0.0}}
+    path = write_prediction(tmp_path / "p.zarr" / "pred", stored[None], attrs=attrs)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(8, 8, 8),
+                              progress=False))
+    pred = stored.astype(np.float32) * np.float32(0.05)
+    assert_same(got, reference(pred[None]))
+
+
+def test_two_channels_are_segmented_independently(tmp_path):
+    pred = np.stack([noisy(scene_2d(), seed=3), noisy(scene_2d()[::-1].copy(), seed=4)])
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(16, 8),
+                              progress=False))
+    want = reference(pred)
+    assert_same(got, want)
+    assert want[0].max() > 1 and want[1].max() > 1  # ids start at 1 in every channel
+
+
+@settings(max_examples=6, deadline=None)
+@given(
+    pred=arrays(np.float32, (12, 13), elements=st.sampled_from([0.0, 0.3, 0.6, 0.9, 0.95])),
+    block=st.tuples(st.integers(2, 6), st.integers(2, 6)),
+)
+def test_random_blockwise_equals_in_memory(tmp_path_factory, pred, block):
+    tmp = tmp_path_factory.mktemp("random")
+    path = write_prediction(tmp / "p.zarr" / "pred", pred[None])
+    got = read(segment_volume(path, tmp / "p.zarr" / "seg", block_shape=block, progress=False))
+    assert_same(got, reference(pred[None]))
+
+
+def test_two_workers(tmp_path):
+    pred = noisy(scene_3d(), seed=5)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(12, 12, 12),
+                              num_workers=2, progress=False))
+    assert_same(got, reference(pred))
+
+
+# --- threshold mode, min_size, defaults -------------------------------------------------------
+
+
+def test_threshold_mode_is_exact(tmp_path):
+    pred = noisy(scene_3d())[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    out = segment_volume(path, tmp_path / "p.zarr" / "mask", mode="threshold",
+                         foreground_level=0.3, block_shape=(8, 8, 8), progress=False)
+    result = open_volume(out)
+    assert result.dtype == np.uint8 and is_complete(result)
+    np.testing.assert_array_equal(result[result.roi], (pred > 0.3).astype(np.uint8))
+
+
+def test_min_size_in_world_units_with_anisotropic_voxels(tmp_path):
+    pred = noisy(scene_3d(), seed=6)[None]
+    voxel = (4, 2, 2)  # 16 nm^3 per voxel
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=voxel)
+    full = reference(pred)
+    sizes = np.bincount(full.ravel())[1:]
+    cut = int(np.sort(sizes)[len(sizes) // 2])  # keep the larger half
+    kwargs = dict(block_shape=(12, 12, 12), progress=False)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", min_size=cut * 16, **kwargs))
+    assert_same(got, reference(pred, min_size_voxels=cut))
+    assert 1 < got.max() < full.max()
+    assert (np.bincount(got.ravel())[1:] >= cut).all()
+    # one nm^3 more and the objects of exactly `cut` voxels go too
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "b", min_size=cut * 16 + 1, **kwargs))
+    assert_same(got, reference(pred, min_size_voxels=cut + 1 / 16))
+    assert (np.bincount(got.ravel())[1:] > cut).all()
+
+
+def test_defaults_come_from_postprocessing_attrs(tmp_path):
+    pred = noisy(scene_2d(), seed=7)[None]
+    attrs = {"innerdist_postprocessing": {"foreground_level": 0.3, "seed_level": 0.9,
+                                          "min_size": 6}}
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=(2, 3), attrs=attrs)
+    kwargs = dict(block_shape=(20, 20), progress=False)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", **kwargs))
+    assert_same(got, reference(pred, fg=0.3, seed=0.9, min_size_voxels=6))  # min_size: voxels
+    assert open_volume(tmp_path / "p.zarr" / "a").attrs["innerdist_segmentation"] == {
+        "mode": "instances", "foreground_level": 0.3, "seed_level": 0.9, "min_size": 36.0,
+    }
+    # Explicit arguments win over the attrs (min_size in nm^2 here).
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "b", seed_level=0.85, min_size=0,
+                              **kwargs))
+    assert_same(got, reference(pred, fg=0.3, seed=0.85))
+    # Without attrs: the predictor's epsilon and threshold.
+    plain = write_prediction(tmp_path / "p.zarr" / "plain", pred)
+    got = read(segment_volume(plain, tmp_path / "p.zarr" / "c", **kwargs))
+    assert_same(got, reference(pred, fg=0.05, seed=0.8))
+
+
+# --- resuming ---------------------------------------------------------------------------------
+
+
+def interrupt_on_call(monkeypatch, name, call_number):
+    """Make ``seg.<name>`` raise KeyboardInterrupt (a user's Ctrl-C) once, on its n-th call."""
+    original = getattr(seg, name)
+    calls = {"n": 0, "interrupted": False}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call_number and not calls["interrupted"]:
+            calls["interrupted"] = True
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seg, name, flaky)
+    return calls
+
+
+def count_calls(monkeypatch, name):
+    original = getattr(seg, name)
+    calls = {"n": 0}
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(seg, name, counted)
+    return calls
+
+
+RESUMED_STEPS = ("_pass_fragments", "_flood_batch", "_pass_write")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """One uninterrupted run, counting the units of work of the steps interrupted below."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    pred = noisy(scene_3d(), seed=8)[None]
+    path = write_prediction(tmp / "p.zarr" / "pred", pred)
+    with pytest.MonkeyPatch.context() as m:
+        counts = {step: count_calls(m, step) for step in RESUMED_STEPS}
+        out = segment_volume(path, tmp / "p.zarr" / "seg", block_shape=(12, 12, 12),
+                             progress=False)
+    return pred, {step: c["n"] for step, c in counts.items()}, read(out)
+
+
+@pytest.mark.parametrize(("step", "call_number"), list(zip(RESUMED_STEPS, (3, 2, 6))))
+def test_resume_after_interruption(tmp_path, monkeypatch, uninterrupted, step, call_number):
+    pred, total, want = uninterrupted
+    assert total["_pass_fragments"] == total["_pass_write"] == 8 and total["_flood_batch"] >= 2
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    out = tmp_path / "p.zarr" / "seg"
+    calls = interrupt_on_call(monkeypatch, step, call_number)
+    with pytest.raises(KeyboardInterrupt):
+        segment_volume(path, out, block_shape=(12, 12, 12), progress=False)
+    assert not is_complete(open_volume(out))
+    calls["n"] = 0
+    segment_volume(path, out, block_shape=(12, 12, 12), progress=False)
+    # The units finished before the interruption are not done again.
+    assert calls["n"] == total[step] - (call_number - 1)
+    assert is_complete(open_volume(out))
+    assert_same(read(out), want)
+    assert_same(read(out), reference(pred))
+
+
+def test_failing_block_is_reported_and_resumed(tmp_path, monkeypatch):
+    pred = noisy(scene_2d(), seed=9)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    out = tmp_path / "p.zarr" / "seg"
+    original = seg._pass_faces
+
+    def broken(job, read_roi, write_roi):
+        if job.locate(write_roi)[0] == 3:
+            raise OSError("disk full")
+        return original(job, read_roi, write_roi)
+
+    monkeypatch.setattr(seg, "_pass_faces", broken)
+    with pytest.raises(OSError, match="disk full"):  # serial: the block's own error
+        segment_volume(path, out, block_shape=(16, 16), progress=False)
+    monkeypatch.setattr(seg, "_pass_faces", original)
+    # A different job may not take over the unfinished output ...
+    with pytest.raises(FileExistsError, match="different job"):
+        segment_volume(path, out, block_shape=(16, 16), seed_level=0.7, progress=False)
+    # ... the same job resumes it.
+    segment_volume(path, out, block_shape=(16, 16), progress=False)
+    assert_same(read(out), reference(pred))
+
+
+# --- the fallback for components too large to flood whole ---------------------------------------
+
+
+def test_fallback_with_context_covering_everything_is_exact(tmp_path):
+    pred = noisy(scene_3d(), seed=10)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    with pytest.warns(ApproximateSeamsWarning, match="max_watershed_voxels=8"):
+        out = segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(12, 12, 12),
+                             max_watershed_voxels=8, fallback_context=(24, 24, 24),
+                             progress=False)
+    assert_same(read(out), reference(pred))
+
+
+def test_fallback_with_small_context_is_a_valid_segmentation(tmp_path):
+    pred = noisy(scene_3d(), seed=11)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)
+    with pytest.warns(ApproximateSeamsWarning):
+        out = segment_volume(path, tmp_path / "p.zarr" / "seg", block_shape=(8, 8, 8),
+                             max_watershed_voxels=8, fallback_context=(1, 1, 1),
+                             progress=False)
+    got, want = read(out)[0], reference(pred)[0]
+    assert ((got != 0) <= (pred[0] > 0.05)).all()  # only foreground is labelled
+    seeds = pred[0] > 0.8
+    # every seed keeps its own id (what can differ is the split between seeds)
+    assert_bijection(got[seeds], want[seeds])
+    np.testing.assert_array_equal(np.unique(got), np.arange(want.max() + 1))
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prediction(tmp_path):
+    return write_prediction(tmp_path / "p.zarr" / "pred", scene_2d()[None])
+
+
+def make_bad_input(tmp_path, kind):
+    path = tmp_path / "bad.zarr" / "pred"
+    pred = scene_2d()[None]
+    if kind == "no channel axis":
+        create_volume(path, roi=Roi((0, 0), (40, 40)), voxel_size=(1, 1), dtype=np.float32)
+        mark_complete(open_volume(path, "r+"))
+    elif kind == "one spatial axis":
+        prepare_ds(path, shape=(1, 40), axis_names=["c^", "x"], dtype=np.float32, mode="w")
+    elif kind == "two channel axes":
+        prepare_ds(path, shape=(1, 1, 40, 40), axis_names=["c^", "d^", "y", "x"],
+                   dtype=np.float32, mode="w")
+    elif kind == "incomplete":
+        write_prediction(path, pred, complete=False)
+    elif kind == "uint8 without mapping":
+        write_prediction(path, (pred * 255).astype(np.uint8))
+    elif kind == "bad mapping":
+        write_prediction(path, pred, attrs={"innerdist_quantization": {"scale": 0}})
+    elif kind == "zero scale":
+        write_prediction(path, pred, attrs={"innerdist_quantization": {"scale": 0, "offset": 0}})
+    elif kind == "bad postprocessing":
+        write_prediction(path, pred, attrs={"innerdist_postprocessing": {"level": 1}})
+    elif kind == "bad tuned level":
+        write_prediction(path, pred, attrs={"innerdist_postprocessing": {"seed_level": 3}})
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "error", "message"),
+    [
+        ("no channel axis", ValueError, "without a channel axis"),
+        ("one spatial axis", ValueError, "2 or 3 spatial axes"),
+        ("two channel axes", ValueError, "at most one channel axis"),
+        ("incomplete", ValueError, "incomplete"),
+        ("uint8 without mapping", TypeError, "innerdist_quantization"),
+        ("bad mapping", ValueError, "'scale': s, 'offset': o"),
+        ("zero scale", ValueError, "must be > 0"),
+        ("bad postprocessing", ValueError, "innerdist_postprocessing"),
+        ("bad tuned level", ValueError, "seed_level"),
+    ],
+)
+def test_bad_inputs_are_refused(tmp_path, kind, error, message):
+    path = make_bad_input(tmp_path, kind)
+    with pytest.raises(error, match=message):
+        segment_volume(path, tmp_path / "o.zarr" / "seg", progress=False)
+    assert not (tmp_path / "o.zarr" / "seg").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(mode="watershed"), ValueError, "mode must be"),
+        (dict(foreground_level=0.9), ValueError, "below seed_level"),
+        (dict(seed_level=1.5), ValueError, "seed_level must be in"),
+        (dict(foreground_level="low"), TypeError, "must be a number"),
+        (dict(min_size=-4), ValueError, "min_size"),
+        (dict(mode="threshold", seed_level=0.5), ValueError, "instances' only"),
+        (dict(block_shape=(8,)), ValueError, "block_shape must be 2"),
+        (dict(block_shape=(8, 0)), ValueError, "block_shape"),
+        (dict(num_workers=0), ValueError, "num_workers"),
+        (dict(max_watershed_voxels=0), ValueError, "max_watershed_voxels"),
+        (dict(fallback_context=(1, -1)), ValueError, "fallback_context"),
+    ],
+)
+def test_bad_arguments_are_refused(tmp_path, prediction, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        segment_volume(prediction, tmp_path / "o.zarr" / "seg", progress=False, **kwargs)
+
+
+def test_missing_and_existing_paths(tmp_path, prediction):
+    with pytest.raises(FileNotFoundError, match="no container"):
+        segment_volume(tmp_path / "nope.zarr" / "pred", tmp_path / "o.zarr" / "s")
+    with pytest.raises(FileNotFoundError, match="'predd' not found.*'pred'"):
+        segment_volume(tmp_path / "p.zarr" / "predd", tmp_path / "o.zarr" / "s")
+    with pytest.raises(ValueError, match="no container component"):
+        segment_volume(prediction, tmp_path / "seg")
+    with pytest.raises(ValueError, match="is the prediction itself"):
+        segment_volume(prediction, prediction, overwrite=True)
+    out = tmp_path / "o.zarr" / "s"
+    segment_volume(prediction, out, mode="threshold", progress=False)
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        segment_volume(prediction, out, progress=False)
+    segment_volume(prediction, out, overwrite=True, progress=False)
+    assert open_volume(out).dtype == np.uint64
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def test_cli_segment(tmp_path, prediction):
+    out = str(tmp_path / "p.zarr" / "seg")
+    result = CliRunner().invoke(
+        app, ["segment", prediction, out, "--block-shape", "8,8", "--seed-level", "0.85",
+              "--min-size", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.stdout
+    assert_same(read(out), reference(scene_2d()[None], seed=0.85, min_size_voxels=3))
+    result = CliRunner().invoke(app, ["segment", prediction, str(tmp_path / "p.zarr" / "m"),
+                                      "--mode", "threshold", "--foreground-level", "0.5"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(read(tmp_path / "p.zarr" / "m"), scene_2d()[None] > 0.5)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/nope.zarr/pred", "{tmp}/o.zarr/s"], "no container"),
+        (["{pred}", "{pred}2", "--foreground-level", "0.9"], "below seed_level"),
+        (["{pred}", "{tmp}/o.zarr/s", "--mode", "fancy"], "mode must be"),
+        (["{pred}", "{tmp}/o.zarr/s", "--block-shape", "8,x"], "comma-separated integers"),
+        (["{pred}", "{pred}"], "is the prediction itself"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, prediction, args, message):
+    argv = ["segment"] + [a.format(tmp=tmp_path, pred=prediction) for a in args]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("innerdist segment: error:"), result.stderr
+    assert message in lines[0]
