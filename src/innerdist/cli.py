@@ -223,6 +223,77 @@ def predict(
     typer.echo(f"wrote {result}")
 
 
+@app.command()
+@user_errors_exit_2
+def segment(
+    prediction: Annotated[
+        str, typer.Argument(help="Prediction volume (innerdist predict), e.g. data.zarr/pred.")
+    ],
+    out: Annotated[str, typer.Argument(help="Output volume, e.g. data.zarr/instances.")],
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="instances (uint64 ids, seeded watershed) or threshold (uint8 mask of "
+            "prediction > foreground level)."
+        ),
+    ] = "instances",
+    foreground_level: Annotated[
+        float | None,
+        typer.Option(
+            help="Foreground where the prediction exceeds it (default: the prediction's "
+            "tuned value, else 0.05)."
+        ),
+    ] = None,
+    seed_level: Annotated[
+        float | None,
+        typer.Option(
+            help="Seeds where the prediction exceeds it (default: tuned value, else 0.8)."
+        ),
+    ] = None,
+    min_size: Annotated[
+        float | None,
+        typer.Option(
+            help="Remove smaller objects; world units, nm^3 (3-D) or nm^2 (2-D) (default: "
+            "tuned value, else 0)."
+        ),
+    ] = None,
+    block_shape: Annotated[
+        str | None,
+        typer.Option(help="Block (and chunk) shape in voxels, comma separated (default 64^3 / "
+                     "512^2)."),
+    ] = None,
+    max_watershed_voxels: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Touching objects whose joint bounding box has more voxels are split "
+            "blockwise, approximately at block seams (a warning says so).",
+        ),
+    ] = 2**24,
+    workers: Workers = 1,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """Segment a prediction blockwise: instances identical to a whole-volume watershed, or
+    a thresholded mask (resumable: run the same command again after an interruption)."""
+    _setup_logging(verbose)
+    from innerdist.segment import segment_volume
+
+    result = segment_volume(
+        prediction,
+        out,
+        mode=mode,
+        foreground_level=foreground_level,
+        seed_level=seed_level,
+        min_size=min_size,
+        block_shape=_parse_shape(block_shape),
+        num_workers=workers,
+        overwrite=overwrite,
+        max_watershed_voxels=max_watershed_voxels,
+    )
+    typer.echo(f"wrote {result}")
+
+
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     """``"64,128,128"`` -> ``(64, 128, 128)``."""
     if text is None:
