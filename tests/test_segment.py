@@ -348,6 +348,18 @@ def test_two_channels_are_segmented_independently(tmp_path):
     assert want[0].max() > 1 and want[1].max() > 1  # ids start at 1 in every channel
 
 
+def test_n5_prediction_is_read_through_funlib(tmp_path):
+    from test_n5 import write_n5
+
+    pred = noisy(scene_2d(), seed=12)[None]
+    write_n5(tmp_path / "p.n5", "pred", pred, (1, 7, 7),
+             attrs={"voxel_size": [2, 2], "offset": [0, 0], "axis_names": ["c^", "y", "x"]})
+    out = segment_volume(tmp_path / "p.n5" / "pred", tmp_path / "o.zarr" / "seg",
+                         block_shape=(16, 16), progress=False)
+    assert open_volume(out).voxel_size == (2, 2)
+    assert_same(read(out), reference(pred))
+
+
 @settings(max_examples=6, deadline=None)
 @given(
     pred=arrays(np.float32, (12, 13), elements=st.sampled_from([0.0, 0.3, 0.6, 0.9, 0.95])),

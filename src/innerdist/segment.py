@@ -67,13 +67,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cc3d
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    # Not imported at run time: workers open zarr directly, and funlib.persistence (with
+    # dask) costs seconds of start-up in every worker process.
+    from funlib.persistence import Array
 from funlib.geometry import Coordinate, Roi
-from funlib.persistence import Array
 
 __all__ = [
     "DEFAULT_FOREGROUND_LEVEL",
@@ -350,6 +354,7 @@ class _Job:
     """Everything a pass needs, picklable (daisy ships it to its worker processes)."""
 
     prediction: str
+    prediction_is_zarr: bool  # else (N5) it is read through funlib
     out: str
     seeds: str
     fragments: str
@@ -545,8 +550,10 @@ def segment_volume(
         str(out_container / f"{out_dataset}__{name}") for name in ("seeds", "fragments", "grown")
     )
     job = _Job(
-        prediction=pred_path,
-        out=str(out),
+        prediction=str(pred_container / pred_dataset),
+        prediction_is_zarr=not str(pred_container).endswith(".n5")
+        and any((pred_container / pred_dataset / m).exists() for m in ("zarr.json", ".zarray")),
+        out=str(out_container / out_dataset),
         seeds=seeds_path,
         fragments=fragments_path,
         grown=grown_path,
@@ -647,18 +654,12 @@ def _finish(job: _Job, output: Array) -> None:
 
 
 def _remove_dataset(path: str) -> None:
-    from innerdist.volumes import split_volume_path
-
-    container, dataset = split_volume_path(path)
-    if (container / dataset).exists():
-        shutil.rmtree(container / dataset)
+    if Path(path).exists():
+        shutil.rmtree(path)
 
 
 def _exists(path: str) -> bool:
-    from innerdist.volumes import split_volume_path
-
-    container, dataset = split_volume_path(path)
-    return (container / dataset).exists()
+    return Path(path).exists()
 
 
 def _segment_instances(job: _Job, source: Array, *, resuming: bool, num_workers: int) -> None:
@@ -706,35 +707,39 @@ def _segment_instances(job: _Job, source: Array, *, resuming: bool, num_workers:
 
 
 class _Voxels:
-    """Numpy-style access in voxels to a volume.
-
-    Reads go straight to the zarr array when funlib has no lazy ops on it: a dask
-    ``compute`` costs ~8 ms per call, which dominated the many small reads of the passes.
-    """
+    """Numpy-style access in voxels to a volume that is not a zarr array (N5), through
+    funlib (lazy ops included)."""
 
     def __init__(self, array: Array) -> None:
         self.array = array
-        self.direct = not array.lazy_ops and hasattr(array._source_data, "__getitem__")
 
     def __getitem__(self, key: tuple[int | slice, ...]) -> Any:
-        if self.direct:
-            return np.asarray(self.array._source_data[key])
         return np.asarray(self.array.data[key].compute(scheduler="synchronous"))
 
-    def __setitem__(self, key: tuple[int | slice, ...], value: Any) -> None:
-        self.array[key] = value
+
+_OPENED: dict[tuple[str, str], Any] = {}
 
 
-_OPENED: dict[tuple[str, str], _Voxels] = {}
-
-
-def _open(path: str, mode: str = "r") -> _Voxels:
-    """Open a volume once per process (and per :func:`segment_volume` call)."""
-    from innerdist.volumes import open_volume
+def _open(path: str, mode: str = "r") -> Any:
+    """A zarr array (written by innerdist: the outputs and intermediates), opened once per
+    process. Indexed in voxels, channel first, like the funlib Array around it."""
+    import zarr
 
     if (path, mode) not in _OPENED:
-        _OPENED[path, mode] = _Voxels(open_volume(path, mode=mode))
+        _OPENED[path, mode] = zarr.open_array(path, mode=mode)
     return _OPENED[path, mode]
+
+
+def _prediction(job: _Job) -> Any:
+    """The prediction, opened once per process: zarr directly when it is zarr (reads via
+    funlib's dask arrays cost ~8 ms each), else through funlib."""
+    if job.prediction_is_zarr:
+        return _open(job.prediction)
+    if (job.prediction, "funlib") not in _OPENED:
+        from innerdist.volumes import open_volume
+
+        _OPENED[job.prediction, "funlib"] = _Voxels(open_volume(job.prediction))
+    return _OPENED[job.prediction, "funlib"]
 
 
 def _forget() -> None:
@@ -750,7 +755,7 @@ def _box(
     return ((slice(None) if channel is None else channel), *spatial)
 
 
-def _read(array: _Voxels, job: _Job, lo: Sequence[int], hi: Sequence[int], channel: int) -> Any:
+def _read(array: Any, job: _Job, lo: Sequence[int], hi: Sequence[int], channel: int) -> Any:
     """One channel of ``array`` over the voxel box ``[lo, hi)``, zeros outside the volume."""
     inner_lo = [max(a, 0) for a in lo]
     inner_hi = [min(b, s) for b, s in zip(hi, job.shape, strict=True)]
@@ -772,14 +777,14 @@ def _save(path: Path, **arrays: Any) -> None:
 
 def _pass_threshold(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     b, lo, hi = job.locate(write_roi)
-    pred = _dequantize(np.asarray(_open(job.prediction)[_box(lo, hi)]), job.scale, job.shift)
+    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
     _open(job.out, "r+")[_box(lo, hi)] = (pred > job.foreground_level).astype(np.uint8)
 
 
 def _pass_fragments(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     """Pass A: components of seeds and foreground inside one block, with block-unique ids."""
     b, lo, hi = job.locate(write_roi)
-    pred = _dequantize(np.asarray(_open(job.prediction)[_box(lo, hi)]), job.scale, job.shift)
+    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
     seeds_out = np.zeros(pred.shape, np.uint64)
     fragments_out = np.zeros(pred.shape, np.uint64)
     stats: dict[str, Any] = {}
@@ -1124,7 +1129,7 @@ def _pass_fallback(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
         todo = is_fallback[_node_index(fragments_w[c], offsets) + 1]
         if not todo.any():
             continue
-        pred = _dequantize(_read(_open(job.prediction), job, rlo, rhi, c), job.scale, job.shift)
+        pred = _dequantize(_read(_prediction(job), job, rlo, rhi, c), job.scale, job.shift)
         nodes = _node_index(_read(_open(job.fragments), job, rlo, rhi, c), offsets)
         mask = is_fallback[nodes + 1]
         markers, keys = _markers(_read(_open(job.seeds), job, rlo, rhi, c), mask, tables)
@@ -1152,7 +1157,7 @@ def _flood_batch(job: _Job, batch: int) -> _Flooded:
     lo = [int(v) for v in tables["batch_lo"][batch]]
     hi = [int(v) for v in tables["batch_hi"][batch]]
     c = int(tables["batch_channel"][batch])
-    pred = _dequantize(_read(_open(job.prediction), job, lo, hi, c), job.scale, job.shift)
+    pred = _dequantize(_read(_prediction(job), job, lo, hi, c), job.scale, job.shift)
     nodes = _node_index(_read(_open(job.fragments), job, lo, hi, c), tables["fragment_offsets"])
     comp = np.where(nodes >= 0, np.asarray(tables["fragment_comp"])[np.maximum(nodes, 0)], -1)
     mask = np.isin(comp, comps)
