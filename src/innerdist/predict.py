@@ -1,15 +1,12 @@
 """Prediction with a trained network: in memory (:func:`predict_array`) and blockwise over
 volumes on disk (:func:`predict_volume`), with the same numbers either way.
 
-How an output region is predicted (one axis, voxels)::
+How an output region is predicted (one axis, voxels; ``m`` is the margin)::
 
-    data          |0 1 2 ...                                  ... n-1|
-    reflected   ..|                                                  |..   edges padded by
-                                                                           reflection
-    tiles           [  tile 0  ][  tile 1  ][  tile 2  ]                   start on the grid of
-                                                                           the output step
-    net input    [m|  tile 0  |m]                                          tile grown by the
-                            [m|  tile 1  |m]                               margin m
+    data                |0 1 2 . . .                         . . . n-1|
+    output tiles        [  tile 0  ][  tile 1  ][  tile 2  ]             on the step grid
+    input of tile 0   [m|  tile 0  |m]                                   grown by m, mirrored
+    input of tile 1               [m|  tile 1  |m]                       beyond the data
 
 Every network input starts at ``k * output_step - m`` voxels from the origin of the raw data,
 whatever block or array it belongs to. The U-Net is translation-equivariant for shifts by its
@@ -46,12 +43,12 @@ if TYPE_CHECKING:
     from funlib.persistence import Array
 
     from innerdist.architecture import UNet
-    from innerdist.checkpoint import Checkpoint
     from innerdist.model import Model
 
 __all__ = [
     "OUTPUT_DTYPES",
     "POSTPROCESSING_ATTR",
+    "PREDICTOR_ATTR",
     "QUANTIZATION_ATTR",
     "NonFiniteRawError",
     "dequantize",
@@ -444,11 +441,14 @@ def _cores() -> int:
 
 class _BlockPredictor:
     """The per-block work of :func:`predict_volume`; picklable (daisy ships it to worker
-    processes), it builds the model and opens the volumes on first use in each process."""
+    processes), it moves the model to its device and opens the volumes on first use in each
+    process. The model is shipped built (on the CPU): building one in a fresh worker costs
+    seconds of imports for its shape inference."""
 
     def __init__(
         self,
-        checkpoint: Checkpoint,
+        model: Model,
+        normalization: Mapping[str, Any],
         *,
         raw_path: str,
         out_path: str,
@@ -458,7 +458,8 @@ class _BlockPredictor:
         dtype: str,
         threads: int,
     ) -> None:
-        self.checkpoint = checkpoint
+        self.model = model
+        self.normalization = dict(normalization)
         self.raw_path = raw_path
         self.out_path = out_path
         self.device = device
@@ -481,9 +482,11 @@ class _BlockPredictor:
 
             torch.set_num_threads(self.threads)
             device = torch.device(self.device)
-            model = self.checkpoint.build_model().to(device)
             runner = _Runner(
-                model, device, tile_shape=self.tile_shape, batch_size=self.batch_size
+                self.model.to(device).eval(),
+                device,
+                tile_shape=self.tile_shape,
+                batch_size=self.batch_size,
             )
             self._state = (
                 runner,
@@ -503,7 +506,7 @@ class _BlockPredictor:
         lo = [int(b) for b in (write.begin - origin) / voxel]
         hi = [int(e) for e in (write.end - origin) / voxel]
         has_channels = raw.channel_dims > 0
-        normalization = self.checkpoint.normalization
+        normalization = self.normalization
 
         def read_box(box: tuple[slice, ...]) -> np.ndarray:
             roi = Roi(
@@ -675,6 +678,7 @@ def predict_volume(
                 f"data's ROI {data_roi}"
             )
 
+    model = ckpt.build_model()  # fails on weights that do not fit, before any output exists
     tiling = _Tiling(unet)
     step = tiling.step
     if block_shape is None:
@@ -720,7 +724,8 @@ def predict_volume(
 
     threads = max(1, _cores() // num_workers)
     process = _BlockPredictor(
-        ckpt,
+        model,
+        ckpt.normalization,
         raw_path=str(raw),
         out_path=str(out),
         device=str(resolved_device),
