@@ -341,6 +341,16 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _threads(num_workers: int) -> int:
+    """Torch threads for the training step on the CPU: ``OMP_NUM_THREADS`` when set, else
+    the cores left over by the loader workers. (On a machine that other jobs keep busy,
+    fewer threads are faster: OpenMP threads that wait for a busy core stall every op.)"""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.strip().isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, _cores() - num_workers)
+
+
 def _device(name: str) -> torch.device:
     import torch
 
@@ -470,7 +480,7 @@ def train(
 
     threads_before = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, _cores() - tc.num_workers))
+        torch.set_num_threads(_threads(tc.num_workers))
     try:
         torch.manual_seed(tc.seed)
         model = predictor.create_model(unet).to(device)
@@ -577,7 +587,9 @@ def train(
         from tqdm import tqdm
 
         bar = tqdm(
-            total=tc.iterations, initial=start, unit="it", desc="train", disable=not progress,
+            total=tc.iterations, initial=start, unit="it", desc="train",
+            # None: shown on a terminal only, so logs and captured output stay clean.
+            disable=None if progress else True,
             dynamic_ncols=True,
         )
         batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
@@ -586,6 +598,7 @@ def train(
         session_wait = session_time = 0.0
         done_here = 0
         last_ckpt = ckpt_dir / f"iteration_{start}.pt" if start else None
+        plotted = -1  # the iteration whose logs the PNGs show
         try:
             for iteration in range(start + 1, tc.iterations + 1):
                 t0 = time.perf_counter()
@@ -609,7 +622,7 @@ def train(
                 scaler.update()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(
+                    raise ValueError(
                         f"the loss became {loss_value} at iteration {iteration}; lower "
                         "training.optimizer.lr or check the data"
                     )
@@ -640,7 +653,9 @@ def train(
                     if validating:
                         run_validation(iteration, ckpt)
                     _prune(ckpt_dir, tc.keep_last)
-                    _plot_loss(run, stats_log)
+                    if validating or not volumes:
+                        _plot_loss(run, stats_log)
+                        plotted = iteration
         finally:
             bar.close()
             stats_log.close()
@@ -650,8 +665,9 @@ def train(
         # The loop always checkpoints its last iteration; with nothing left to do, the
         # resumed checkpoint is the last one.
         last = last_ckpt if last_ckpt is not None else ckpt_dir / f"iteration_{start}.pt"
-        _plot_loss(run, stats_log)
-        if rows:
+        if plotted != tc.iterations:
+            _plot_loss(run, stats_log)
+        if rows and plotted != tc.iterations:
             _plot_validation(run, rows, criteria, best)
     finally:
         torch.set_num_threads(threads_before)
