@@ -342,6 +342,17 @@ def test_blockwise_equals_in_memory_3d_with_channels(tmp_path: Path) -> None:
     np.testing.assert_allclose(pred[pred.roi], expected, atol=1e-5)
 
 
+def test_n5_raw(volume_2d: dict[str, Any], tmp_path: Path) -> None:
+    from test_n5 import write_n5  # the N5 writer of the N5 reader's tests
+
+    write_n5(tmp_path / "raw.n5", "raw", volume_2d["data"], (16, 16),
+             attrs={"voxel_size": [6, 4], "offset": [12, 40]})
+    out = predict_volume(volume_2d["path"], str(tmp_path / "raw.n5" / "raw"), volume_2d["out"],
+                         block_shape=(20, 24), progress=False)
+    pred = open_volume(out)
+    np.testing.assert_allclose(pred[pred.roi], volume_2d["expected"], atol=1e-5)
+
+
 def test_roi_is_snapped_and_predicted_like_the_whole_volume(volume_2d: dict[str, Any]) -> None:
     # Starts 5 and 7 voxels into the data: off the output-step grid, and off the voxel
     # grid by a few nm (grown to it).
@@ -468,6 +479,7 @@ def _errors(volume: dict[str, Any], tmp_path: Path) -> list[tuple[dict[str, Any]
         ({**base, "roi": Roi((12, 40, 0), (6, 4, 4))}, ValueError, "roi .* has 3 axes"),
         ({**base, "roi": "0,0:10,10"}, TypeError, "must be a funlib.geometry.Roi"),
         ({**base, "out": volume["raw"]}, ValueError, "is the raw volume"),
+        ({**base, "out": str(tmp_path / "o.n5" / "pred")}, ValueError, "written as zarr"),
         ({**base, "dtype": "int32"}, ValueError, "dtype must be one of"),
         ({**base, "num_workers": 0}, ValueError, "num_workers must be >= 1"),
         ({**base, "batch_size": 1.5}, TypeError, "batch_size must be an integer"),

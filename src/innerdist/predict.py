@@ -440,17 +440,24 @@ def _cores() -> int:
 
 
 class _BlockPredictor:
-    """The per-block work of :func:`predict_volume`; picklable (daisy ships it to worker
-    processes), it moves the model to its device and opens the volumes on first use in each
-    process. The model is shipped built (on the CPU): building one in a fresh worker costs
-    seconds of imports for its shape inference."""
+    """The per-block work of :func:`predict_volume`, in voxels of the raw data.
+
+    Picklable: daisy ships it to worker processes, where it moves the model to its device
+    and opens the volumes on first use. The model travels built (on the CPU), because
+    building one in a fresh worker costs seconds of imports for its shape inference; zarr
+    volumes are opened with zarr itself, which spares each worker the import of
+    funlib.persistence (dask, xarray) and each read a dask graph. N5 raw goes through
+    funlib.
+    """
 
     def __init__(
         self,
         model: Model,
         normalization: Mapping[str, Any],
         *,
+        raw: Array,
         raw_path: str,
+        out: Array,
         out_path: str,
         device: str,
         tile_shape: tuple[int, ...],
@@ -461,24 +468,29 @@ class _BlockPredictor:
         self.model = model
         self.normalization = dict(normalization)
         self.raw_path = raw_path
-        self.out_path = out_path
+        self.raw_zarr = _zarr_path(raw_path)
+        self.out_zarr = _zarr_path(out_path)
+        self.voxel = Coordinate(raw.voxel_size)
+        self.origin = Coordinate(raw.roi.begin)  # world units of raw voxel 0
+        self.data_shape = tuple(int(s) for s in raw.roi.shape / self.voxel)
+        self.raw_has_channels = raw.channel_dims > 0
+        self.out_roi = Roi(out.roi.offset, out.roi.shape)
         self.device = device
         self.tile_shape = tile_shape
         self.batch_size = batch_size
         self.dtype = dtype
         self.threads = threads
-        self._state: tuple[_Runner, Array, Array] | None = None
+        self._state: tuple[_Runner, Any, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_state"] = None  # models and open volumes are rebuilt in each worker
+        state["_state"] = None  # devices and open volumes are set up in each worker
         return state
 
-    def _setup(self) -> tuple[_Runner, Array, Array]:
+    def _setup(self) -> tuple[_Runner, Any, Any]:
         if self._state is None:
             import torch
-
-            from innerdist.volumes import open_volume
+            import zarr
 
             torch.set_num_threads(self.threads)
             device = torch.device(self.device)
@@ -488,42 +500,59 @@ class _BlockPredictor:
                 tile_shape=self.tile_shape,
                 batch_size=self.batch_size,
             )
-            self._state = (
-                runner,
-                open_volume(self.raw_path),
-                open_volume(self.out_path, mode="r+"),
-            )
+            if self.raw_zarr is not None:
+                raw: Any = zarr.open_array(self.raw_zarr, mode="r")
+            else:
+                from innerdist.volumes import open_volume
+
+                raw = open_volume(self.raw_path)
+            self._state = (runner, raw, zarr.open_array(self.out_zarr, mode="r+"))
         return self._state
+
+    def _read_box(self, raw: Any, box: tuple[slice, ...]) -> np.ndarray:
+        """Normalised raw ``(C, *box)`` for a box of voxels inside the data."""
+        roi = Roi(
+            self.origin + Coordinate(s.start for s in box) * self.voxel,
+            Coordinate(s.stop - s.start for s in box) * self.voxel,
+        )
+        if self.raw_zarr is not None:
+            data = raw[(slice(None), *box) if self.raw_has_channels else box]
+        else:
+            data = raw[roi]
+        if not self.raw_has_channels:
+            data = data[np.newaxis]
+        where = f"raw {self.raw_path} ROI {roi} (world units)"
+        return normalize_raw(data, self.normalization, where=where)
 
     def __call__(self, read_roi: Roi, write_roi: Roi) -> None:
         runner, raw, out = self._setup()
-        write = write_roi.intersect(out.roi)
+        write = write_roi.intersect(self.out_roi)
         if write.empty:
             return
-        voxel = raw.voxel_size
-        origin = raw.roi.begin
-        data_shape = [int(s) for s in raw.roi.shape / voxel]
-        lo = [int(b) for b in (write.begin - origin) / voxel]
-        hi = [int(e) for e in (write.end - origin) / voxel]
-        has_channels = raw.channel_dims > 0
-        normalization = self.normalization
-
-        def read_box(box: tuple[slice, ...]) -> np.ndarray:
-            roi = Roi(
-                origin + Coordinate(s.start for s in box) * voxel,
-                Coordinate(s.stop - s.start for s in box) * voxel,
-            )
-            data = raw[roi]
-            if not has_channels:
-                data = data[np.newaxis]
-            where = f"raw {self.raw_path} ROI {roi} (world units), read for output block {write}"
-            return normalize_raw(data, normalization, where=where)
+        lo = [int(b) for b in (write.begin - self.origin) / self.voxel]
+        hi = [int(e) for e in (write.end - self.origin) / self.voxel]
 
         def read(begin: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-            return _read_reflected(read_box, data_shape, begin, shape)
+            return _read_reflected(
+                lambda box: self._read_box(raw, box), self.data_shape, begin, shape
+            )
 
         prediction = _predict_region(runner, read, lo, hi)
-        out[write] = _quantize(prediction, self.dtype)
+        out_lo = [int(b) for b in (write.begin - self.out_roi.begin) / self.voxel]
+        out[_box(out_lo, prediction.shape[1:])] = _quantize(prediction, self.dtype)
+
+
+def _zarr_path(path: str | Path) -> str | None:
+    """The directory of a zarr (v2 or v3) array, or ``None`` when it is not one (N5)."""
+    from innerdist.volumes import split_volume_path
+
+    container, dataset = split_volume_path(path)
+    array = container / dataset
+    if str(container).endswith(".n5"):
+        return None
+    if any((array / marker).exists() for marker in ("zarr.json", ".zarray")):
+        return str(array)
+    return None
 
 
 def parse_roi(text: str) -> Roi:
@@ -633,6 +662,11 @@ def predict_volume(
     out_container, out_dataset = split_volume_path(out)
     if raw_container.resolve() == out_container.resolve() and raw_dataset == out_dataset:
         raise ValueError(f"output {str(out)!r} is the raw volume; choose another output path")
+    if str(out_container).endswith(".n5"):
+        raise ValueError(
+            f"output {str(out)!r} is in an N5 container; predictions are written as zarr "
+            "(e.g. data.zarr/prediction)"
+        )
 
     ckpt = load_checkpoint(checkpoint)
     raw_array = open_volume(raw)
@@ -726,7 +760,9 @@ def predict_volume(
     process = _BlockPredictor(
         model,
         ckpt.normalization,
+        raw=raw_array,
         raw_path=str(raw),
+        out=output,
         out_path=str(out),
         device=str(resolved_device),
         tile_shape=tile,
