@@ -253,3 +253,13 @@ def test_criteria() -> None:
 def test_level_pairs_keep_sweep_order_and_skip_impossible_pairs() -> None:
     v = ValidationConfig(foreground_levels=[0.1, 0.5], seed_levels=[0.3, 0.7])
     assert v.level_pairs() == [(0.1, 0.3), (0.1, 0.7), (0.5, 0.7)]
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).parent.parent / "examples").glob("*.yaml")), ids=str
+)
+def test_example_configs_validate(example: Path) -> None:
+    config = load_config(example)
+    assert config.data.train[0].raw.startswith(str(example.parent.resolve()))
+    unet = config.model.unet()
+    assert unet.output_shape(unet.input_shape)  # a valid network input

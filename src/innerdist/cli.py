@@ -387,6 +387,64 @@ def make_demo_data(
         typer.echo(f"wrote {split}: {container / 'raw'} and {container / 'labels'}")
 
 
+@app.command()
+@user_errors_exit_2
+def train(
+    config: Annotated[str, typer.Argument(help="Training config (YAML); see examples/.")],
+    run_dir: Annotated[
+        str | None,
+        typer.Option(help="Run directory (default: runs/<config name>/ next to the config)."),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Train a U-Net as CONFIG says, validate it and keep the best checkpoint.
+
+    Run the same command again to resume after a crash (or with more iterations).
+    """
+    _setup_logging(verbose)
+    from innerdist.config import ConfigError
+    from innerdist.train import train as run_training
+
+    try:
+        result = run_training(config, run_dir)
+    except ConfigError as e:
+        # All problems on the one line the error handler prints.
+        raise ValueError(f"invalid config {e.source}: " + "; ".join(e.problems)) from None
+    typer.echo(f"trained {result.iteration} iterations (resumed from {result.resumed_from})")
+    typer.echo(f"run directory: {result.run_dir}")
+    typer.echo(f"last checkpoint: {result.last_checkpoint}")
+    for criterion, best in result.best.items():
+        typer.echo(
+            f"best {criterion}: {best.score:.4f} at iteration {best.iteration} "
+            f"(foreground_level {best.foreground_level}, seed_level {best.seed_level})"
+        )
+    if result.best_checkpoint is not None:
+        typer.echo(f"best checkpoint: {result.best_checkpoint}")
+
+
+@app.command()
+@user_errors_exit_2
+def demo(
+    out: Annotated[
+        str, typer.Option(help="Directory for the data, run, outputs and report.")
+    ] = "innerdist-demo",
+    minutes: Annotated[
+        float, typer.Option(min=0.2, help="Approximate training time budget in minutes.")
+    ] = 4.0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the data and the training.")] = 0,
+    verbose: Verbose = False,
+) -> None:
+    """End to end on generated EM-like data: train, predict, segment, evaluate, report.
+
+    Running it again reuses the data and continues the same run.
+    """
+    _setup_logging(verbose)
+    from innerdist.demo import run_demo
+
+    result = run_demo(out, minutes=minutes, seed=seed)
+    typer.echo(result.summary())
+
+
 def main() -> None:
     """Entry point of the ``innerdist`` console script."""
     app()

@@ -209,7 +209,7 @@ def plot_slices(
             cmap = {"intensity": "gray", "distance": "magma", "weight": "viridis"}[kind]
             limits = (0.0, 1.0) if kind == "distance" else (None, None)
             ax.imshow(image, cmap=cmap, vmin=limits[0], vmax=limits[1], interpolation="nearest")
-            scale = " (0 black .. 1 white)" if kind == "distance" else ""
+            scale = " (colours 0..1)" if kind == "distance" else ""
             label = f"{name}\n{float(np.min(image)):.3g} .. {float(np.max(image)):.3g}{scale}"
         ax.set_title(label, fontsize=9)
         ax.set_axis_off()

@@ -88,7 +88,8 @@ class RunResult:
     call started from (0 for a fresh run); ``best``: per criterion, the best validation
     result so far; ``best_checkpoint``: ``checkpoints/best.pt`` (``None`` without
     validation data); ``iterations_per_second`` and ``data_wait_fraction`` (share of the
-    step time spent waiting for the data loader) cover this call's iterations only.
+    step time spent waiting for the data loader) cover this call's iterations only, as does
+    ``validation_seconds`` (time spent validating).
     """
 
     run_dir: Path
@@ -100,6 +101,7 @@ class RunResult:
     best: dict[str, Best] = field(default_factory=dict)
     iterations_per_second: float | None = None
     data_wait_fraction: float | None = None
+    validation_seconds: float = 0.0
 
 
 def default_run_dir(config_path: str | Path) -> Path:
@@ -170,6 +172,7 @@ class _CsvLog:
         self.path = path
         self.columns = list(columns)
         self._file: Any = None
+        self._flushed = 0.0
 
     def rows(self) -> list[dict[str, str]]:
         if not self.path.exists():
@@ -211,6 +214,13 @@ class _CsvLog:
     def flush(self) -> None:
         if self._file is not None:
             self._file.flush()
+        self._flushed = time.monotonic()
+
+    def flush_every(self, seconds: float) -> None:
+        """Flush if the last flush is older than ``seconds`` (so the file is readable
+        while training runs, without a write per iteration)."""
+        if time.monotonic() - self._flushed >= seconds:
+            self.flush()
 
     def close(self) -> None:
         if self._file is not None:
@@ -518,6 +528,7 @@ def train(
         stats_log.truncate(start)
         rows = _validation_rows(val_log.truncate(start), criteria)
         best = select_best(rows, criteria)
+        validation_seconds = 0.0
         if start > 0:
             logger.info("resuming %s from iteration %d", run, start)
             _repair_best(ckpt_dir, best, criteria, voxel_size)
@@ -543,9 +554,10 @@ def train(
             return ckpt
 
         def run_validation(iteration: int, ckpt: Any) -> None:
-            nonlocal best
+            nonlocal best, validation_seconds
             from innerdist.validate import validate
 
+            began = time.perf_counter()
             new_rows = validate(model, volumes, config.validation, iteration=iteration,
                                 device=device)
             val_log.append(new_rows)
@@ -557,6 +569,7 @@ def train(
                     _write_best(ckpt_dir, ckpt, b, criteria, voxel_size)
             _write_best_json(ckpt_dir, best, criteria, voxel_size)
             _plot_validation(run, rows, criteria, best)
+            validation_seconds += time.perf_counter() - began
 
         def due(iteration: int, interval: int) -> bool:
             return iteration % interval == 0 or iteration == tc.iterations
@@ -641,6 +654,7 @@ def train(
                     "data_wait_fraction": round(wait / step, 4) if step > 0 else 0.0,
                     "elapsed_s": round(elapsed, 3),
                 }])
+                stats_log.flush_every(10.0)
                 bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
                 bar.update(1)
 
@@ -682,6 +696,7 @@ def train(
         best=best,
         iterations_per_second=done_here / session_time if session_time > 0 else None,
         data_wait_fraction=session_wait / session_time if session_time > 0 else None,
+        validation_seconds=validation_seconds,
     )
 
 

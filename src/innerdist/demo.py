@@ -1,0 +1,449 @@
+"""``innerdist demo``: the whole pipeline on generated EM-like data, in a few minutes on a CPU.
+
+::
+
+    make_demo_dataset ──> train (calibrated to the time budget, validation picks best.pt)
+         │                   │
+         │  test volume      ▼
+         └────────────> predict_volume (blockwise) ──> segment_volume (blockwise, levels
+                                                          tuned on validation)
+                                                              │
+                         report.md <── evaluate_volumes <─────┘
+
+Everything lands in one directory (default ``innerdist-demo/``)::
+
+    data/{train,validate,test}.zarr     raw + labels, (40, 8, 8) nm voxels
+    demo.yaml                           the training config
+    run/                                the training run (checkpoints, logs, plots)
+    test.zarr/{prediction,segmentation} blockwise outputs on the held-out test volume
+    scores.json, scores.csv             evaluate's scores of the test segmentation
+    slices.png                          raw / prediction / segmentation / ground truth
+    report.md                           the scores table and the figures
+
+The number of training iterations is chosen to fit ``minutes``: a short calibration run
+measures the time of a training step and of one validation on this machine, then the
+config is written with as many iterations as fit (and four validations). Running the demo
+again reuses the data and the config, so the training resumes (or is already done) and
+the rest is redone.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from innerdist.train import RunResult
+
+__all__ = ["DEMO_MODEL", "DemoResult", "demo_config", "run_demo"]
+
+#: The demo's 3-D U-Net for (40, 8, 8) nm voxels: in-plane convolutions at full resolution,
+#: 3-D ones after two in-plane downsamplings (where voxels are nearly isotropic). Training
+#: input (20, 92, 92) -> output (8, 52, 52) voxels; prediction uses bigger blocks.
+DEMO_MODEL: dict[str, Any] = {
+    "input_shape": [20, 92, 92],
+    "num_fmaps": 12,
+    "fmap_inc_factor": 2,
+    "downsample_factors": [[1, 2, 2], [1, 2, 2]],
+    "kernel_size_down": [
+        [[1, 3, 3], [1, 3, 3]],
+        [[3, 3, 3], [3, 3, 3]],
+        [[3, 3, 3], [3, 3, 3]],
+    ],
+    "kernel_size_up": [[[1, 3, 3], [1, 3, 3]], [[3, 3, 3], [3, 3, 3]]],
+    "eval_shape_increase": [8, 32, 32],
+}
+
+# Calibration: this many training steps, the first ones (lazy set-up) not timed.
+_CALIBRATION_ITERATIONS = 6
+_UNTIMED_STEPS = 2
+_VALIDATIONS = 4
+_MIN_ITERATIONS = 20
+_SCORES_SHOWN = (
+    ("instances.f1_score@0.5", "instance F1 @ IoU 0.5"),
+    ("instances.precision@0.5", "instance precision @ IoU 0.5"),
+    ("instances.recall@0.5", "instance recall @ IoU 0.5"),
+    ("instances.f1_score@0.7", "instance F1 @ IoU 0.7"),
+    ("instances.mean_matched_iou", "mean IoU of matches (@ 0.5)"),
+    ("instances.panoptic_quality", "panoptic quality"),
+    ("instances.adapted_rand_error", "adapted Rand error (lower is better)"),
+    ("instances.voi_split", "VOI split, bits (lower is better)"),
+    ("instances.voi_merge", "VOI merge, bits (lower is better)"),
+    ("binary.dice", "foreground Dice"),
+)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """Paths and numbers of a demo run.
+
+    ``scores`` is :func:`innerdist.evaluate.evaluate_volumes`'s result on the test volume;
+    ``quality`` the headline scores (see :meth:`headline`); ``seconds`` the wall time of
+    each stage.
+    """
+
+    out: Path
+    report: Path
+    config: Path
+    run: RunResult
+    prediction: str
+    segmentation: str
+    scores: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def headline(self) -> dict[str, float]:
+        """The scores of :data:`_SCORES_SHOWN` (channel 0) as ``{name: value}``."""
+        return _headline(self.scores)
+
+    def summary(self) -> str:
+        """Where everything is and the main numbers, for the terminal."""
+        h = self.headline()
+        lines = [
+            f"demo finished in {self.seconds.get('total', 0.0) / 60:.1f} min",
+            f"  test instance F1 @ IoU 0.5: {h['instances.f1_score@0.5']:.3f}, "
+            f"precision {h['instances.precision@0.5']:.3f}, "
+            f"recall {h['instances.recall@0.5']:.3f}, "
+            f"foreground Dice {h['binary.dice']:.3f}",
+            f"  report:       {self.report}",
+            f"  training run: {self.run.run_dir} ({self.run.iteration} iterations)",
+            f"  prediction:   {self.prediction}",
+            f"  segmentation: {self.segmentation}",
+            f"  scores:       {self.out / 'scores.json'}",
+        ]
+        return "\n".join(lines)
+
+
+def _headline(scores: Mapping[str, Any]) -> dict[str, float]:
+    from innerdist.validate import criterion_value
+
+    channel = scores["channels"][0]
+    return {
+        name: criterion_value(name, channel["binary"], channel.get("instances"))
+        for name, _ in _SCORES_SHOWN
+    }
+
+
+def demo_config(
+    data: Mapping[str, Path],
+    *,
+    iterations: int,
+    seed: int = 0,
+    model: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The demo's training config (a plain dict, as in the YAML file).
+
+    ``data`` maps ``train``/``validate`` to zarr containers with ``raw`` and ``labels``.
+    Validation runs four times; the sweep covers a few foreground and seed levels.
+    """
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    interval = max(1, math.ceil(iterations / _VALIDATIONS))
+    return {
+        "data": {
+            "train": [{"raw": f"{data['train']}/raw", "labels": f"{data['train']}/labels"}],
+            "validate": [
+                {"raw": f"{data['validate']}/raw", "labels": f"{data['validate']}/labels"}
+            ],
+        },
+        "task": {"channels": ["organelle"], "scale_factor": 50},
+        "model": dict(model if model is not None else DEMO_MODEL),
+        "training": {
+            "iterations": int(iterations),
+            "batch_size": 1,
+            "optimizer": {"name": "adam", "lr": 5e-4},
+            "schedule": {"name": "constant", "warmup": min(50, max(1, iterations // 10))},
+            "augment": {"flip": True, "transpose": True},
+            "num_workers": 0,
+            "seed": int(seed),
+            "validation_interval": interval,
+            "checkpoint_interval": interval,
+            "keep_last": 2,
+            "snapshot_interval": interval,
+            "min_foreground_fraction": 0.05,
+        },
+        "validation": {
+            "foreground_levels": [0.05, 0.15],
+            "seed_levels": [0.5, 0.7, 0.85],
+            "min_size": 0,
+            "criteria": ["instances.f1_score@0.5", "binary.dice"],
+        },
+    }
+
+
+def _write_data(
+    directory: Path, seed: int, shapes: Mapping[str, Sequence[int]] | None
+) -> dict[str, Path]:
+    """The three demo volumes; existing complete ones are reused."""
+    from innerdist.synthetic import make_demo_dataset, make_em_volume, write_volume
+    from innerdist.volumes import is_complete, open_volume
+
+    splits = ("train", "validate", "test")
+    paths = {s: directory / f"{s}.zarr" for s in splits}
+
+    def usable(container: Path) -> bool:
+        try:
+            return all(is_complete(open_volume(container / n)) for n in ("raw", "labels"))
+        except (FileNotFoundError, ValueError):
+            return False
+
+    if all(usable(p) for p in paths.values()):
+        return paths
+    if shapes is None:
+        written = make_demo_dataset(directory, seed=seed, overwrite=True)
+        return {s: Path(p) for s, p in written.items()}
+    missing = [s for s in splits if s not in shapes]
+    if missing:
+        raise ValueError(
+            f"shapes must give a shape for every split {list(splits)}, missing {missing}"
+        )
+    # Seeds derived as make_demo_dataset does, so splits never share a volume.
+    split_seeds = np.random.SeedSequence(int(seed)).generate_state(len(splits))
+    for split, split_seed in zip(splits, split_seeds, strict=True):
+        vol = make_em_volume(tuple(shapes[split]), seed=int(split_seed))
+        write_volume(vol, paths[split], overwrite=True)
+    return paths
+
+
+def _calibrate(
+    out: Path, data: Mapping[str, Path], seed: int, model: Mapping[str, Any] | None,
+    budget_s: float,
+) -> int:
+    """Iterations that fit ``budget_s`` seconds of training, from a short timed run."""
+    from innerdist.train import train
+
+    directory = out / "calibration"
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    config = demo_config(data, iterations=_CALIBRATION_ITERATIONS, seed=seed, model=model)
+    config["training"].update(validation_interval=_CALIBRATION_ITERATIONS, snapshot_interval=0)
+    path = directory / "calibration.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    began = time.perf_counter()
+    result = train(path, directory / "run", progress=False)
+    wall = time.perf_counter() - began
+    steps = _step_times(directory / "run" / "stats.csv")
+    shutil.rmtree(directory, ignore_errors=True)
+    step = statistics.median(steps[_UNTIMED_STEPS:] or steps)
+    validation = result.validation_seconds
+    # What the real run pays once: start-up (imports are warm now, data opening is not).
+    startup = max(0.0, wall - sum(steps) - validation)
+    left = budget_s - wall - startup - _VALIDATIONS * validation
+    return max(_MIN_ITERATIONS, int(left / step))
+
+
+def _step_times(stats_csv: Path) -> list[float]:
+    import csv
+
+    with stats_csv.open(newline="") as f:
+        return [float(r["step_time_s"]) for r in csv.DictReader(f)]
+
+
+def run_demo(
+    out: str | Path = "innerdist-demo",
+    *,
+    minutes: float = 4.0,
+    seed: int = 0,
+    iterations: int | None = None,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    model: Mapping[str, Any] | None = None,
+    block_shape: Sequence[int] | None = None,
+    progress: bool = True,
+) -> DemoResult:
+    """Run the demo into ``out``; see the module docstring.
+
+    ``minutes`` is the training time budget (calibration, steps and validations); the
+    data, prediction, segmentation and report add a minute or so. ``iterations``, when
+    given, skips the calibration. ``shapes`` (voxels per split: ``{"train": (z, y, x),
+    "validate": ..., "test": ...}``), ``model`` (the config's model section) and
+    ``block_shape`` (prediction/segmentation blocks, voxels) shrink the demo for tests.
+    """
+    from innerdist.evaluate import evaluate_volumes, write_scores
+    from innerdist.predict import predict_volume
+    from innerdist.segment import segment_volume
+    from innerdist.train import train
+
+    if not (isinstance(minutes, int | float) and math.isfinite(minutes) and minutes > 0):
+        raise ValueError(f"minutes must be a positive number, got {minutes!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if iterations is not None and (isinstance(iterations, bool) or iterations < 1):
+        raise ValueError(f"iterations must be a positive integer or None, got {iterations!r}")
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"--out {str(root)!r} exists and is not a directory")
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+
+    def stage(name: str, since: float) -> float:
+        now = time.perf_counter()
+        seconds[name] = round(now - since, 2)
+        return now
+
+    def say(text: str) -> None:
+        if progress:
+            print(text, flush=True)
+
+    say(f"[1/5] data -> {root / 'data'}")
+    data = _write_data(root / "data", seed, shapes)
+    t = stage("data", began)
+
+    config_path = root / "demo.yaml"
+    if config_path.exists():
+        say(f"[2/5] training: reusing {config_path} (resumes the run)")
+    else:
+        if iterations is None:
+            say(f"[2/5] training: timing a few steps to fit {minutes:g} min")
+            iterations = _calibrate(root, data, seed, model, minutes * 60)
+        config_path.write_text(
+            "# Written by `innerdist demo`; run `innerdist train demo.yaml --run-dir run` to\n"
+            "# continue the training by hand.\n"
+            + yaml.safe_dump(
+                demo_config(data, iterations=iterations, seed=seed, model=model), sort_keys=False
+            )
+        )
+    run = train(config_path, root / "run", progress=progress)
+    if run.best_checkpoint is None:
+        raise RuntimeError(f"the demo run {run.run_dir} has no best checkpoint")
+    t = stage("train", t)
+
+    say("[3/5] blockwise prediction and segmentation of the test volume")
+    test = data["test"]
+    prediction = predict_volume(
+        run.best_checkpoint, f"{test}/raw", f"{root}/test.zarr/prediction",
+        block_shape=block_shape, overwrite=True, progress=progress,
+    )
+    t = stage("predict", t)
+    segmentation = segment_volume(
+        prediction, f"{root}/test.zarr/segmentation", mode="instances",
+        block_shape=block_shape, overwrite=True,
+    )
+    t = stage("segment", t)
+
+    say("[4/5] evaluation")
+    scores = evaluate_volumes(segmentation, f"{test}/labels", progress=progress)
+    write_scores(scores, root / "scores.json", overwrite=True)
+    t = stage("evaluate", t)
+
+    say("[5/5] report")
+    _slices_png(root / "slices.png", f"{test}/raw", prediction, segmentation, f"{test}/labels")
+    stage("report", t)
+    seconds["total"] = round(time.perf_counter() - began, 2)
+    result = DemoResult(
+        out=root,
+        report=root / "report.md",
+        config=config_path,
+        run=run,
+        prediction=str(prediction),
+        segmentation=str(segmentation),
+        scores=scores,
+        seconds=seconds,
+    )
+    _write_report(result, data)
+    return result
+
+
+def _slices_png(
+    path: Path, raw: str, prediction: str, segmentation: str, labels: str
+) -> None:
+    """Middle z slice of the test volume: raw, prediction, segmentation, ground truth."""
+    from innerdist.plots import plot_slices
+    from innerdist.predict import dequantize
+    from innerdist.volumes import open_volume
+
+    def read(p: str) -> np.ndarray:
+        array = open_volume(p)
+        return np.asarray(array[array.roi])
+
+    pred_array = open_volume(prediction)
+    pred = dequantize(np.asarray(pred_array[pred_array.roi]), pred_array.attrs)
+    raw_data = read(raw)
+    plot_slices(
+        {
+            "raw": (raw_data, "intensity"),
+            "prediction": (pred, "distance"),
+            "segmentation": (read(segmentation), "labels"),
+            "ground truth": (read(labels), "labels"),
+        },
+        path,
+        dims=raw_data.ndim if open_volume(raw).channel_dims == 0 else raw_data.ndim - 1,
+        title="test volume, middle section",
+    )
+
+
+def _write_report(result: DemoResult, data: Mapping[str, Path]) -> None:
+    from innerdist.volumes import open_volume
+
+    run = result.run
+    h = result.headline()
+    test_raw = open_volume(f"{data['test']}/raw")
+    shape = tuple(int(s) for s in test_raw.shape[-test_raw.spatial_dims :])
+    voxel = tuple(int(v) for v in test_raw.voxel_size)
+    best = run.best.get("instances.f1_score@0.5")
+    rel = result.out
+    lines = [
+        "# innerdist demo",
+        "",
+        "A 3-D U-Net trained on a generated EM-like volume to predict inner distances,",
+        "applied blockwise to a held-out test volume, segmented blockwise into instances and",
+        "scored against the test labels.",
+        "",
+        f"- Data: train / validate / test volumes in `{data['train'].parent}`; test volume "
+        f"{shape} voxels of {voxel} nm.",
+        f"- Training: {run.iteration} iterations (config `{_rel(result.config, rel)}`, run "
+        f"`{_rel(run.run_dir, rel)}`).",
+    ]
+    if best is not None:
+        lines.append(
+            f"- Best checkpoint (instance F1 @ 0.5 on validation {best.score:.3f}): "
+            f"iteration {best.iteration}, foreground level {best.foreground_level}, seed "
+            f"level {best.seed_level}; the segmentation used these levels."
+        )
+    lines += [
+        f"- Wall time: {result.seconds.get('total', 0.0) / 60:.1f} min "
+        + "("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items() if k != "total")
+        + ").",
+        "",
+        "## Test scores",
+        "",
+        "| score | value |",
+        "|---|---|",
+    ]
+    for name, label in _SCORES_SHOWN:
+        lines.append(f"| {label} | {h[name]:.4f} |")
+    inst = result.scores["channels"][0].get("instances", {})
+    lines += [
+        "",
+        f"{inst.get('num_predicted', '?')} objects predicted, "
+        f"{inst.get('num_ground_truth', '?')} in the ground truth. All scores: "
+        "`scores.json` / `scores.csv`.",
+        "",
+        "## Figures",
+        "",
+        "Test volume, middle section (raw, prediction, segmentation, ground truth):",
+        "",
+        "![slices](slices.png)",
+        "",
+        "Training loss and validation scores:",
+        "",
+        f"![loss]({_rel(run.run_dir / 'loss.png', rel)})",
+        "",
+        f"![validation]({_rel(run.run_dir / 'validation.png', rel)})",
+        "",
+    ]
+    result.report.write_text("\n".join(lines))
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
