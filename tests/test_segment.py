@@ -87,10 +87,11 @@ def scene_3d():
 
 
 def scene_2d():
-    """40x40 (blocks of 8x8): a disk on a block corner, touching disks, a U, a faint blob."""
+    """40x40 (blocks of 8x8): a disk on a block corner, touching disks, a U whose arms are
+    apart in block (0, 3) and meet in block (1, 3), a faint blob."""
     shape = (40, 40)
     labels = balls(shape, [((16, 16), 6), ((30, 8), 5), ((30, 17), 5)])
-    labels[2:12, 26:29] = labels[2:12, 33:36] = labels[9:12, 26:36] = 4
+    labels[2:12, 24:27] = labels[2:12, 28:31] = labels[9:12, 24:31] = 4
     pred = tanh_distance(labels, scale=1.5)
     faint = balls(shape, [((34, 33), 4)]) > 0
     pred[faint] = 0.5 * tanh_distance(faint.astype(np.uint32), scale=1.5)[faint]
@@ -578,6 +579,17 @@ def make_bad_input(tmp_path, kind):
         write_prediction(path, pred, attrs={"innerdist_quantization": {"scale": 0, "offset": 0}})
     elif kind == "bad postprocessing":
         write_prediction(path, pred, attrs={"innerdist_postprocessing": {"level": 1}})
+    elif kind == "bool with mapping":
+        write_prediction(path, pred > 0.5, attrs={"innerdist_quantization": {"scale": 1,
+                                                                              "offset": 0}})
+    elif kind == "non-finite mapping":
+        write_prediction(path, pred, attrs={"innerdist_quantization": {"scale": "a",
+                                                                       "offset": 0}})
+    elif kind == "bad tuned min_size":
+        write_prediction(path, pred, attrs={"innerdist_postprocessing": {"min_size": -2}})
+    elif kind == "no channels":
+        prepare_ds(path, shape=(0, 40, 40), axis_names=["c^", "y", "x"], dtype=np.float32,
+                   mode="w")
     elif kind == "bad tuned level":
         write_prediction(path, pred, attrs={"innerdist_postprocessing": {"seed_level": 3}})
     return str(path)
@@ -595,6 +607,10 @@ def make_bad_input(tmp_path, kind):
         ("zero scale", ValueError, "must be > 0"),
         ("bad postprocessing", ValueError, "innerdist_postprocessing"),
         ("bad tuned level", ValueError, "seed_level"),
+        ("bool with mapping", TypeError, "expected float or integer"),
+        ("non-finite mapping", ValueError, r"\['scale'\] .* must be finite"),
+        ("bad tuned min_size", ValueError, "min_size"),
+        ("no channels", ValueError, "has no channels"),
     ],
 )
 def test_bad_inputs_are_refused(tmp_path, kind, error, message):
@@ -623,6 +639,19 @@ def test_bad_inputs_are_refused(tmp_path, kind, error, message):
 def test_bad_arguments_are_refused(tmp_path, prediction, kwargs, error, message):
     with pytest.raises(error, match=message):
         segment_volume(prediction, tmp_path / "o.zarr" / "seg", progress=False, **kwargs)
+
+
+def test_too_many_voxels_or_blocks_for_the_id_layout(tmp_path, prediction, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(seg, "_MAX_FLOOD_VOXELS", 100)
+        with pytest.raises(ValueError, match="has 1600 voxels, more than the 100"):
+            instances(scene_2d(), foreground_level=0.05, seed_level=0.8)
+    monkeypatch.setattr(seg, "_LOCAL_BITS", 6)  # ids with 6 bits per part: 64 blocks at most
+    with pytest.raises(ValueError, match="2\\*\\*32 blocks or more"):
+        segment_volume(prediction, tmp_path / "o.zarr" / "s", block_shape=(4, 4))
+    with pytest.raises(ValueError, match="blocks of 2\\*\\*32 voxels"):
+        segment_volume(prediction, tmp_path / "o.zarr" / "s", block_shape=(10, 10))
+    assert not (tmp_path / "o.zarr" / "s").exists()
 
 
 def test_missing_and_existing_paths(tmp_path, prediction):
@@ -668,9 +697,15 @@ def test_cli_segment(tmp_path, prediction):
         (["{pred}", "{tmp}/o.zarr/s", "--mode", "fancy"], "mode must be"),
         (["{pred}", "{tmp}/o.zarr/s", "--block-shape", "8,x"], "comma-separated integers"),
         (["{pred}", "{pred}"], "is the prediction itself"),
+        (["{pred}", "{tmp}/p.zarr/existing"], "already exists; pass --overwrite"),
+        (["{tmp}/incomplete.zarr/pred", "{tmp}/o.zarr/s"], "is incomplete"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, prediction, args, message):
+    create_volume(tmp_path / "p.zarr" / "existing", roi=Roi((0, 0), (40, 40)), voxel_size=(1, 1),
+                  dtype=np.uint64, num_channels=1)
+    mark_complete(open_volume(tmp_path / "p.zarr" / "existing", "r+"))
+    write_prediction(tmp_path / "incomplete.zarr" / "pred", scene_2d()[None], complete=False)
     argv = ["segment"] + [a.format(tmp=tmp_path, pred=prediction) for a in args]
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2, result.output

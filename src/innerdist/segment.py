@@ -72,12 +72,12 @@ from typing import TYPE_CHECKING, Any
 import cc3d
 import numpy as np
 import numpy.typing as npt
+from funlib.geometry import Coordinate, Roi
 
 if TYPE_CHECKING:
     # Not imported at run time: workers open zarr directly, and funlib.persistence (with
     # dask) costs seconds of start-up in every worker process.
     from funlib.persistence import Array
-from funlib.geometry import Coordinate, Roi
 
 __all__ = [
     "DEFAULT_FOREGROUND_LEVEL",
@@ -469,11 +469,15 @@ def segment_volume(
 
     if mode not in ("instances", "threshold"):
         raise ValueError(f"mode must be 'instances' or 'threshold', got {mode!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, (int, np.integer))
+        or num_workers < 1
+    ):
         raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
     if (
         isinstance(max_watershed_voxels, bool)
-        or not isinstance(max_watershed_voxels, int)
+        or not isinstance(max_watershed_voxels, (int, np.integer))
         or not 1 <= max_watershed_voxels <= _MAX_FLOOD_VOXELS
     ):
         raise ValueError(
@@ -536,6 +540,13 @@ def segment_volume(
 
     shape = tuple(int(s) for s in source.shape[1:])
     block = _block_shape(block_shape, shape)
+    # Ids are (channel, block) * 2**32 + local id: both parts must fit in 32 bits.
+    grid = [-(-s // b) for s, b in zip(shape, block, strict=True)]
+    if math.prod(block) >= 2**_LOCAL_BITS or channels * math.prod(grid) >= 2**_LOCAL_BITS:
+        raise ValueError(
+            f"block_shape {block} gives blocks of 2**32 voxels or more, or 2**32 blocks or "
+            f"more over {channels} channel(s) of shape {shape}; choose another block shape"
+        )
     if fallback_context is None:
         context = tuple(b // 2 for b in block)
     else:
@@ -1069,6 +1080,20 @@ def _batches(
 # --- growing multi-seed components ---------------------------------------------------------
 
 
+def _mask_of(
+    fragments: npt.NDArray[np.uint64],
+    offsets: npt.NDArray[np.int64],
+    member: Callable[[npt.NDArray[np.int64]], npt.NDArray[np.bool_]],
+) -> npt.NDArray[np.bool_]:
+    """Voxels whose fragment node is a ``member``; node numbers are made for foreground
+    voxels only (the big boxes of exact batches are mostly background)."""
+    flat = fragments.reshape(-1)
+    where = np.flatnonzero(flat)
+    mask = np.zeros(fragments.shape, bool)
+    mask.reshape(-1)[where[member(_node_index(flat[where], offsets))]] = True
+    return mask
+
+
 def _markers(
     seeds: npt.NDArray[np.uint64], mask: npt.NDArray[np.bool_], tables: Mapping[str, Any]
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint64]]:
@@ -1130,8 +1155,11 @@ def _pass_fallback(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
         if not todo.any():
             continue
         pred = _dequantize(_read(_prediction(job), job, rlo, rhi, c), job.scale, job.shift)
-        nodes = _node_index(_read(_open(job.fragments), job, rlo, rhi, c), offsets)
-        mask = is_fallback[nodes + 1]
+        mask = _mask_of(
+            _read(_open(job.fragments), job, rlo, rhi, c),
+            offsets,
+            lambda nodes: np.asarray(tables["is_fallback_fragment"])[nodes],
+        )
         markers, keys = _markers(_read(_open(job.seeds), job, rlo, rhi, c), mask, tables)
         labels = np.where(todo, _flood(pred, markers, mask)[inner], 0)
         box = _box(lo, hi, c)
@@ -1157,10 +1185,13 @@ def _flood_batch(job: _Job, batch: int) -> _Flooded:
     lo = [int(v) for v in tables["batch_lo"][batch]]
     hi = [int(v) for v in tables["batch_hi"][batch]]
     c = int(tables["batch_channel"][batch])
+    fragment_comp = tables["fragment_comp"]
+    mask = _mask_of(
+        _read(_open(job.fragments), job, lo, hi, c),
+        tables["fragment_offsets"],
+        lambda nodes: np.isin(fragment_comp[nodes], comps),
+    )
     pred = _dequantize(_read(_prediction(job), job, lo, hi, c), job.scale, job.shift)
-    nodes = _node_index(_read(_open(job.fragments), job, lo, hi, c), tables["fragment_offsets"])
-    comp = np.where(nodes >= 0, np.asarray(tables["fragment_comp"])[np.maximum(nodes, 0)], -1)
-    mask = np.isin(comp, comps)
     markers, keys = _markers(_read(_open(job.seeds), job, lo, hi, c), mask, tables)
     labels = _flood(pred, markers, mask)
     return batch, lo, keys[labels], _object_stats(labels, keys, lo, job.shape)
@@ -1239,6 +1270,7 @@ def _finalize(job: _Job) -> None:
 
 
 def _pass_write(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    """Final pass: fragment -> object key (or the grown key) -> final id, per voxel."""
     b, lo, hi = job.locate(write_roi)
     tables = _tables(job)
     offsets = tables["fragment_offsets"]
