@@ -487,6 +487,19 @@ def test_resume_skips_a_corrupt_checkpoint_and_allows_more_iterations(
     with pytest.raises(ValueError, match=r"training.iterations: 7 -> 5"):
         train(config_path, progress=False)
 
+    # No checkpoint loads: start over from scratch, and end where the resumed run ended.
+    data["training"]["iterations"] = 7
+    write_config(tmp_path, data)
+    resumed_weights = final_weights(run)
+    for path in (run / "checkpoints").glob("iteration_*.pt"):
+        path.write_bytes(b"junk")
+    with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
+        again = train(config_path, progress=False)
+    assert (again.resumed_from, again.iteration) == (0, 7)
+    assert [int(r["iteration"]) for r in read_csv(run / "stats.csv")] == list(range(1, 8))
+    for name, tensor in final_weights(run).items():
+        torch.testing.assert_close(tensor, resumed_weights[name], rtol=0, atol=1e-6)
+
 
 def test_run_dir_that_is_not_a_run(data_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "other").mkdir()

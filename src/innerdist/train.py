@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     import torch
 
     from innerdist.crops import OpenedSource
+    from innerdist.model import Model
 
 __all__ = [
     "STATS_COLUMNS",
@@ -492,9 +493,12 @@ def train(
     if device.type == "cpu":
         torch.set_num_threads(_threads(tc.num_workers))
     try:
-        torch.manual_seed(tc.seed)
-        model = predictor.create_model(unet).to(device)
-        optimizer = _optimizer(tc, model)
+        def fresh() -> tuple[Model, torch.optim.Optimizer]:
+            torch.manual_seed(tc.seed)
+            model = predictor.create_model(unet).to(device)
+            return model, _optimizer(tc, model)
+
+        model, optimizer = fresh()
         use_amp = tc.amp and device.type == "cuda"
         amp_dtype = (
             torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -525,6 +529,11 @@ def train(
                     torch.cuda.set_rng_state(state["cuda_rng"], device)
                 start, elapsed = iteration, float(state["elapsed_s"])
                 break
+            else:
+                if _checkpoints(ckpt_dir):
+                    # Every checkpoint failed, maybe after loading some weights: start over.
+                    model, optimizer = fresh()
+                    scaler = torch.amp.GradScaler("cuda", enabled=scaler.is_enabled())
         stats_log.truncate(start)
         rows = _validation_rows(val_log.truncate(start), criteria)
         best = select_best(rows, criteria)
