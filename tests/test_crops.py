@@ -706,3 +706,19 @@ def test_volume_source_json_round_trip_in_a_list():
     ]
     text = json.dumps([s.model_dump(mode="json") for s in sources])
     assert [VolumeSource.model_validate(d) for d in json.loads(text)] == sources
+
+
+def test_direct_zarr_reads_match_funlib_reads(tmp_path):
+    from funlib.persistence import Array
+
+    from innerdist.crops import _read
+    from innerdist.volumes import open_volume
+
+    data = np.arange(2 * 12 * 10, dtype=np.float32).reshape(2, 12, 10)
+    path = write(tmp_path / "r.zarr" / "raw", data, voxel=(4, 8), offset=(8, 16), channels=True)
+    on_disk = open_volume(path)
+    in_memory = Array(data, (8, 16), (4, 8), axis_names=["c^", "y", "x"])  # funlib path
+    roi = Roi((12, 32), (20, 40))
+    expected = data[:, 1:6, 2:7]
+    np.testing.assert_array_equal(_read(on_disk, roi), expected)
+    np.testing.assert_array_equal(_read(in_memory, roi), expected)

@@ -34,7 +34,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
 __all__ = [
@@ -302,26 +301,54 @@ def _elastic(
     if all(f is None for f in fields):
         return raw, labels, mask
     dims = len(shape)
-    coords = np.empty((dims, *shape), dtype=np.float32)
+    strides = [int(np.prod(shape[a + 1 :])) for a in range(dims)]
+    # Per axis: the source position, clamped to the array (as scipy's mode="nearest"), split
+    # into the lower corner of its interpolation cell and the fraction beyond it. Axes that
+    # do not move keep integer positions and a zero fraction.
+    flat_base = np.zeros(shape, dtype=np.intp)
+    flat_nearest = np.zeros(shape, dtype=np.intp)
+    fractions: list[np.ndarray | None] = []
     for axis, field in enumerate(fields):
+        n = shape[axis]
         view = [1] * dims
-        view[axis] = shape[axis]
-        grid = np.arange(shape[axis], dtype=np.float32).reshape(view)
-        coords[axis] = grid if field is None else grid + field
-    raw_out = np.empty_like(raw)
-    for c in range(raw.shape[0]):
-        ndimage.map_coordinates(raw[c], coords, output=raw_out[c], order=1, mode="nearest")
-    # Nearest neighbour by integer indexing rather than map_coordinates(order=0): scipy
-    # interpolates in float64, which would corrupt label ids above 2**53.
-    flat = np.zeros(shape, dtype=np.intp)
-    for axis in range(dims):
-        index = np.floor(coords[axis] + 0.5).astype(np.intp)
-        np.clip(index, 0, shape[axis] - 1, out=index)
-        flat *= shape[axis]
-        flat += index
-    flat_1d = flat.ravel()
-    labels_out = np.take(labels.reshape(labels.shape[0], -1), flat_1d, axis=1).reshape(labels.shape)
-    mask_out = np.take(mask.reshape(mask.shape[0], -1), flat_1d, axis=1).reshape(mask.shape)
+        view[axis] = n
+        grid = np.arange(n, dtype=np.float32).reshape(view)
+        if field is None or n == 1:
+            flat_base += grid.astype(np.intp) * strides[axis]
+            flat_nearest += grid.astype(np.intp) * strides[axis]
+            fractions.append(None)
+            continue
+        position = np.clip(grid + field, 0, n - 1)
+        base = np.minimum(np.floor(position), n - 2)
+        fraction = position - base
+        base_index = base.astype(np.intp)
+        flat_base += base_index * strides[axis]
+        flat_nearest += (base_index + (fraction >= 0.5)) * strides[axis]
+        fractions.append(fraction)
+
+    # Multilinear interpolation for raw as nested lerps ``lo + f * (hi - lo)``, one moving
+    # axis at a time (axes that do not move need no second corner). Unlike a weighted sum of
+    # corners this is exact where all corners agree.
+    moving = [(strides[a], f) for a, f in enumerate(fractions) if f is not None]
+
+    def interpolate(values: np.ndarray, offset: int, level: int) -> np.ndarray:
+        if level == len(moving):
+            return values[(flat_base + offset).ravel()].reshape(shape)
+        stride, fraction = moving[level]
+        lo = interpolate(values, offset, level + 1)
+        hi = interpolate(values, offset + stride, level + 1)
+        hi -= lo
+        hi *= fraction
+        hi += lo
+        return hi
+
+    raw_flat = raw.reshape(raw.shape[0], -1)
+    raw_out = np.stack([interpolate(raw_flat[c], 0, 0) for c in range(raw.shape[0])])
+    # Nearest neighbour for labels and mask by integer indexing (exact for any id, where
+    # interpolating in floating point would corrupt ids above 2**53).
+    nearest = flat_nearest.ravel()
+    labels_out = np.take(labels.reshape(labels.shape[0], -1), nearest, axis=1).reshape(labels.shape)
+    mask_out = np.take(mask.reshape(mask.shape[0], -1), nearest, axis=1).reshape(mask.shape)
     return raw_out, labels_out, mask_out
 
 
