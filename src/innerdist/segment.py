@@ -429,6 +429,8 @@ def segment_volume(
         ``container/dataset`` written by ``innerdist predict`` (or ``targets``): shape
         ``(C, *spatial)`` with the channel axis first, 2-D or 3-D, float values in [0, 1),
         or integers/float16 with an ``innerdist_quantization`` mapping. Must be complete.
+        Values are compared with the levels in float32 (the reference is :func:`instances`
+        on the float32 values).
     out:
         ``container/dataset`` to write: ``(C, *spatial)``, same ROI and voxel size, chunked
         like the blocks; uint8 masks (``mode="threshold"``) or uint64 instances
