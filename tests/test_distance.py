@@ -231,23 +231,87 @@ def test_fast_matches_reference_with_far_boundaries(case):
     )
 
 
+FAR = 2 * dist._CAP + 30  # further than the windowed search goes
+
+
 @pytest.mark.parametrize(
-    ("shape", "where"),
+    ("shape", "corner"),
     [
-        ((3, 200), (slice(None), slice(150, 151))),  # rows: 150 voxels to the nearest face
-        ((200, 70), (slice(10, 11), slice(None))),  # columns
-        ((90, 4, 70), (slice(80, 81), slice(None), slice(None))),  # axis 0 pass
-        ((6, 90, 70), (slice(None), slice(None), slice(60, 61))),  # in-plane passes
+        # A small object in a corner of a long array: the pass along the long axis
+        # needs candidates up to FAR voxels away, so tiles take the lower envelope
+        # (with finite values), and lines without any site stay inf through it.
+        ((4, FAR), (slice(2, None), slice(0, 5))),  # 2-D rows
+        ((FAR, 4), (slice(0, 5), slice(2, None))),  # 2-D columns
+        ((FAR, 3, 4), (slice(0, 5), slice(None), slice(2, None))),  # 3-D axis 0
+        ((3, FAR, 4), (slice(None), slice(0, 5), slice(2, None))),  # 3-D in-plane columns
+        ((3, 4, FAR), (slice(None), slice(2, None), slice(0, 5))),  # 3-D in-plane rows
     ],
 )
-def test_far_boundary_takes_the_lower_envelope_path(shape, where):
-    assert dist._CAP < 60  # the distances below must exceed the windowed search
+def test_far_boundaries_take_the_lower_envelope_path(shape, corner):
     labels = np.zeros(shape, dtype=np.uint8)
-    labels[where] = 1
-    voxel_size = (1.5,) * len(shape)
+    labels[corner] = 1
+    voxel_size = (1.5, 0.5, 2.0)[: len(shape)]
     assert_same_distances(
         boundary_distance(labels, voxel_size), boundary_distance_2x_grid(labels, voxel_size)
     )
+
+
+def min_plus_reference(f: np.ndarray, w: float, axis: int) -> np.ndarray:
+    f = np.moveaxis(f.astype(np.float64), axis, -1)
+    n = f.shape[-1]
+    x = np.arange(n)
+    out = (f[..., None, :] + w * (x[:, None] - x[None, :]) ** 2).min(axis=-1)
+    return np.moveaxis(out, -1, axis)
+
+
+@pytest.mark.parametrize("far", [False, True])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_passes_match_brute_force_min_plus(far, mode):
+    # The two pass kernels on their own, both for short searches and (far=True) for
+    # values only at one end of long lines, which must go to the lower envelope.
+    rng = np.random.default_rng(mode + 3 * far)
+    n = FAR if far else 40
+    w = 2.25
+    f = (rng.random((3, n, 150)) * 30 * w).astype(np.float32)
+    f[rng.random(f.shape) < 0.2] = np.inf
+    if far:
+        f[:, 3:, :] = np.inf  # rows: only the first three have values
+        f[1, :, 3:] = np.inf  # plane 1: only the first three columns have values
+    costs, bits = dist._tables(w)
+    recip = np.zeros(max(f.shape) + 1)
+    recip[1:] = 1.0 / np.arange(1, max(f.shape) + 1)
+    m = max(f.shape)
+    scratch = dict(
+        acc=np.empty((2, dist._TILE), np.float32),
+        line=np.empty(m, np.float32),
+        v=np.empty(m + 1, np.int64),
+        av=np.empty(m + 1),
+        z=np.empty(m + 2),
+    )
+    before = (rng.random(f.shape) * 50 * w).astype(np.float32)
+
+    def combine(result):
+        if mode == 0:
+            return result
+        low = np.minimum(before.astype(np.float64), result)
+        return low if mode == 1 else np.sqrt(low)
+
+    # Columns within each plane (axis 1) and along axis 0 for each slab.
+    for axis0 in (False, True):
+        dst = before.copy()
+        buf = np.empty((max(f.shape) + 2 * dist._PAD, dist._TILE), np.float32)
+        for s in range(f.shape[1] if axis0 else f.shape[0]):
+            dist._pass_cols(
+                f, dst, s, s, axis0, 0, f.shape[2], mode, w, costs, bits, recip, buf, **scratch
+            )
+        want = combine(min_plus_reference(f, w, 0 if axis0 else 1))
+        np.testing.assert_allclose(dst, want, rtol=1e-6, err_msg=f"axis0={axis0}")
+    # Rows (axis 2).
+    dst = before.copy()
+    rowbuf = np.empty(f.shape[2] + 2 * dist._PAD, np.float32)
+    for i in range(f.shape[0]):
+        dist._pass_rows(f, dst, i, 0, f.shape[1], mode, w, costs, bits, recip, rowbuf, **scratch)
+    np.testing.assert_allclose(dst, combine(min_plus_reference(f, w, 2)), rtol=1e-6)
 
 
 def test_lower_envelope_matches_brute_force_min_plus():

@@ -8,6 +8,12 @@ This is the kernel behind the inner-distance targets (``/work/shared/spec/inner-
   of voxel ``x`` to the nearest boundary point, for every voxel, background included;
 * with no boundary point at all, ``d = min_d(shape_d * voxel_size_d / 2)`` everywhere.
 
+::
+
+    labels   1    1    1  | 2    2    2        | = boundary point (face centre)
+    d       2.5  1.5  0.5   0.5  1.5  2.5      (voxel size 1; the array ends are
+                                                not boundaries)
+
 >>> import numpy as np
 >>> boundary_distance(np.array([[1, 1, 1, 2, 2, 2]]), voxel_size=(1, 1))
 array([[2.5, 1.5, 0.5, 0.5, 1.5, 2.5]], dtype=float32)
@@ -15,8 +21,10 @@ array([[2.5, 1.5, 0.5, 0.5, 1.5, 2.5]], dtype=float32)
 Two implementations are provided. :func:`boundary_distance_2x_grid` is the executable
 form of the definition (DaCapo's method): draw the boundary points on a grid of twice
 the resolution and run a Euclidean distance transform there. It costs 4x (2-D) or 8x
-(3-D) the voxels and about 360 bytes of memory per voxel in 3-D. :func:`boundary_distance`
-computes the same numbers on the original grid, in a few float32 buffers.
+(3-D) the voxels and about 400 bytes of memory per voxel in 3-D.
+:func:`boundary_distance` computes the same numbers on the original grid with 9 bytes
+per voxel (two float32 buffers, one of them the output, and one byte of boundary flags)
+and is 40-150x faster on densely packed instance labels (``bench/targets.py``).
 
 How the fast version works
 --------------------------
@@ -34,16 +42,22 @@ The passes commute and distribute over ``min``, so in 3-D (axes 0, 1, 2)::
 
     d^2 = min( P_1 P_2 f_0 ,  P_0 min( P_2 f_1 , P_1 f_2 ) )
 
-which is five passes with nothing computed twice; 2-D needs two. Each pass is done
-per tile of 64 neighbouring lines at once with an exact windowed search: a candidate
-``d`` voxels away costs at least ``w d^2``, so once ``w d^2`` reaches the largest
-current value in the tile no lane can improve and the tile is finished. With densely
-packed objects that happens after a few steps, and the work is plain vector min/add.
-A tile that would need more than ``_CAP`` steps (large, sparse objects) falls back to
-the Felzenszwalb-Huttenlocher lower envelope of parabolas, which is O(n) per line.
-Both give the exact minimum up to float32 rounding.
+which is five passes with nothing computed twice; 2-D needs two. The first term and
+the inner ``min`` are computed plane by plane while the plane is in cache; ``P_0``
+then runs across planes.
 
-Work is split across ``numba.get_num_threads()`` threads (planes, rows or column tiles).
+Each pass is an exact windowed search over a tile of ``_TILE`` neighbouring lines at
+once: a candidate ``d`` voxels away costs at least ``w d^2``, so once ``w d^2`` reaches
+the largest current value in the tile, no lane can improve and the tile is done. With
+densely packed objects that happens after a few steps of plain vector min/add. A tile
+that would need more than ``_CAP`` steps (large objects, far boundaries) switches to the
+Felzenszwalb-Huttenlocher lower envelope of parabolas, O(n) per line. Both give the
+exact minimum up to float32 rounding.
+
+Threads: labels are first reduced to one byte of "differs from the next voxel" flags
+per voxel, and the work is cut into chunks of planes, rows or column tiles that
+``numba.get_num_threads()`` threads take in turn. The kernels are numba functions that
+release the GIL; they are compiled on first use (about 20 s, then cached on disk).
 """
 
 from __future__ import annotations
@@ -60,10 +74,13 @@ from scipy import ndimage
 __all__ = ["boundary_distance", "boundary_distance_2x_grid"]
 
 # Windowed search: the most steps (voxels) a tile may take before it switches to the
-# lower-envelope algorithm, and the number of lines handled together (a multiple of
-# the SIMD width; 64 float32 = 256 bytes).
-_CAP = 32
-_TILE = 64
+# lower-envelope algorithm (a step costs ~1/100 of that algorithm per voxel), and the
+# number of lines searched together (a multiple of the SIMD width).
+_CAP = 96
+_TILE = 128
+# Padding (rows of inf) around the data in the search buffers: the search looks at
+# offsets d and d + 1 in one sweep, so up to _CAP + 1 voxels away.
+_PAD = _CAP + 2
 
 # How a pass combines its result r with what is already in the destination.
 _WRITE = 0  # dst = r
@@ -219,7 +236,7 @@ def _boundary_distance_c(labels: np.ndarray, vs: np.ndarray, no_boundary: float)
 
 def _tables(w: float) -> tuple[np.ndarray, np.ndarray]:
     """``w d^2`` for the windowed search as float32, and the same as int32 bit patterns."""
-    d = np.arange(_CAP + 2, dtype=np.float64)
+    d = np.arange(_CAP + 3, dtype=np.float64)
     costs = (w * d * d).astype(np.float32)
     return costs, costs.view(np.int32).copy()
 
@@ -322,15 +339,19 @@ def _max_bits(bits, nt):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _relax(cur, res, lo, hi, cost, nt):  # pragma: no cover - compiled
-    # res <- min(cur, min(lo, hi) + cost). Writing to a second buffer rather than back
-    # into cur keeps the store unconditional (a masked store is slow on some CPUs).
+def _relax(cur, res, lo, hi, lo2, hi2, cost, cost2, nt):  # pragma: no cover - compiled
+    # res <- min(cur, min(lo, hi) + cost, min(lo2, hi2) + cost2): two search offsets per
+    # sweep over the tile. Writing to a second buffer rather than back into cur keeps
+    # the store unconditional (a masked store is slow on some CPUs).
     for t in range(nt):
         a = cur[t]
         b = lo[t]
         e = hi[t]
-        b = b if b < e else e
-        b = b + cost
+        b = (b if b < e else e) + cost
+        a = a if a < b else b
+        b = lo2[t]
+        e = hi2[t]
+        b = (b if b < e else e) + cost2
         res[t] = a if a < b else b
 
 
@@ -343,26 +364,29 @@ def _pass_cols(
     # (index fd), combined by mode. src and dst may be the same array.
     m = src.shape[0] if axis0 else src.shape[1]
     cap = _CAP
+    pad = _PAD
     acc0 = acc[0]
     acc1 = acc[1]
-    # buf holds the tile with cap rows of inf above and below: no bounds tests inside.
-    for r in range(cap):
+    # buf holds the tile with pad rows of inf above and below: no bounds tests inside.
+    for r in range(pad):
         for t in range(_TILE):
             buf[r, t] = np.inf
-            buf[cap + m + r, t] = np.inf
+            buf[pad + m + r, t] = np.inf
     for t0 in range(k0, k1, _TILE):
         nt = min(_TILE, k1 - t0)
         for x in range(m):
             srow = src[x, fs, t0 : t0 + nt] if axis0 else src[fs, x, t0 : t0 + nt]
-            row = buf[cap + x]
+            row = buf[pad + x]
             for t in range(nt):
                 row[t] = srow[t]
         xfail = m
         for x in range(m):
-            cur = buf[cap + x]
+            cur = buf[pad + x]
             mx = _max_bits(cur.view(np.int32), nt)
             d = 1
             flip = False
+            # Candidates d voxels away cost at least w d^2: stop once that is no less
+            # than every current value in the tile.
             while cost_bits[d] < mx:
                 if d > cap:
                     xfail = x
@@ -370,11 +394,21 @@ def _pass_cols(
                 if x < d and x + d >= m:
                     break  # only padding left on both sides
                 res = acc1 if flip else acc0
-                _relax(cur, res, buf[cap + x - d], buf[cap + x + d], costs[d], nt)
+                _relax(
+                    cur,
+                    res,
+                    buf[pad + x - d],
+                    buf[pad + x + d],
+                    buf[pad + x - d - 1],
+                    buf[pad + x + d + 1],
+                    costs[d],
+                    costs[d + 1],
+                    nt,
+                )
                 cur = res
                 flip = not flip
                 mx = _max_bits(cur.view(np.int32), nt)
-                d += 1
+                d += 2
             if xfail < m:
                 break
             drow = dst[x, fd, t0 : t0 + nt] if axis0 else dst[fd, x, t0 : t0 + nt]
@@ -384,13 +418,13 @@ def _pass_cols(
             # from row xfail on (earlier rows are final; _MIN_SQRT must not apply twice).
             for t in range(nt):
                 for x in range(m):
-                    line[x] = buf[cap + x, t]
+                    line[x] = buf[pad + x, t]
                 _envelope(line, m, w, recip, v, av, z)
                 for x in range(xfail, m):
-                    buf[cap + x, t] = line[x]
+                    buf[pad + x, t] = line[x]
             for x in range(xfail, m):
                 drow = dst[x, fd, t0 : t0 + nt] if axis0 else dst[fd, x, t0 : t0 + nt]
-                _store(drow, buf[cap + x], nt, mode)
+                _store(drow, buf[pad + x], nt, mode)
 
 
 @njit(cache=True, nogil=True)
@@ -401,19 +435,21 @@ def _pass_rows(
     # tiles of _TILE consecutive voxels of a row are searched together.
     n = src.shape[2]
     cap = _CAP
+    pad = _PAD
     acc0 = acc[0]
     acc1 = acc[1]
-    for r in range(cap):
+    for r in range(pad):
         rowbuf[r] = np.inf
-        rowbuf[cap + n + r] = np.inf
+        rowbuf[pad + n + r] = np.inf
     for j in range(j0, j1):
         srow = src[i, j]
         for x in range(n):
-            rowbuf[cap + x] = srow[x]
+            rowbuf[pad + x] = srow[x]
         xfail = n
         for x0 in range(0, n, _TILE):
             nt = min(_TILE, n - x0)
-            cur = rowbuf[cap + x0 : cap + x0 + nt]
+            c = pad + x0
+            cur = rowbuf[c : c + nt]
             mx = _max_bits(cur.view(np.int32), nt)
             d = 1
             flip = False
@@ -427,21 +463,24 @@ def _pass_rows(
                 _relax(
                     cur,
                     res,
-                    rowbuf[cap + x0 - d : cap + x0 - d + nt],
-                    rowbuf[cap + x0 + d : cap + x0 + d + nt],
+                    rowbuf[c - d : c - d + nt],
+                    rowbuf[c + d : c + d + nt],
+                    rowbuf[c - d - 1 : c - d - 1 + nt],
+                    rowbuf[c + d + 1 : c + d + 1 + nt],
                     costs[d],
+                    costs[d + 1],
                     nt,
                 )
                 cur = res
                 flip = not flip
                 mx = _max_bits(cur.view(np.int32), nt)
-                d += 1
+                d += 2
             if xfail < n:
                 break
             _store(dst[i, j, x0 : x0 + nt], cur, nt, mode)
         if xfail < n:
             for x in range(n):
-                line[x] = rowbuf[cap + x]
+                line[x] = rowbuf[pad + x]
             _envelope(line, n, w, recip, v, av, z)
             _store(dst[i, j, xfail:n], line[xfail:n], n - xfail, mode)
 
@@ -599,8 +638,8 @@ def _planes_chunk(
     last = np.empty(n2, np.float32)
     tmp = np.empty(n2, np.int64)
     plane = np.empty((1, n1, n2), np.float32)
-    buf = np.empty((n1 + 2 * _CAP, _TILE), np.float32)
-    rowbuf = np.empty(n2 + 2 * _CAP, np.float32)
+    buf = np.empty((n1 + 2 * _PAD, _TILE), np.float32)
+    rowbuf = np.empty(n2 + 2 * _PAD, np.float32)
     acc = np.empty((2, _TILE), np.float32)
     for i in range(i0, i1):
         _sweep_cols(codes, g, i, 0, n2, w1, last)  # g[i] <- f_1
@@ -647,7 +686,7 @@ def _slab_cols(
     v = np.empty(m + 1, np.int64)
     av = np.empty(m + 1, np.float64)
     z = np.empty(m + 2, np.float64)
-    buf = np.empty((m + 2 * _CAP, _TILE), np.float32)
+    buf = np.empty((m + 2 * _PAD, _TILE), np.float32)
     acc = np.empty((2, _TILE), np.float32)
     for j in range(j0, j1):
         _pass_cols(
@@ -666,7 +705,7 @@ def _rows_chunk_2d(
     av = np.empty(n + 1, np.float64)
     z = np.empty(n + 2, np.float64)
     tmp = np.empty(n, np.int64)
-    rowbuf = np.empty(n + 2 * _CAP, np.float32)
+    rowbuf = np.empty(n + 2 * _PAD, np.float32)
     acc = np.empty((2, _TILE), np.float32)
     _pass_rows(out, out, 0, j0, j1, _WRITE, w2, costs2, bits2, recip, rowbuf, acc, line, v, av, z)
     _sweep_rows(codes, 0, plane, 0, j0, j1, w2, tmp)
