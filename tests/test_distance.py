@@ -470,3 +470,34 @@ def test_benchmark_script_runs_a_tiny_case(tmp_path: Path):
     assert by_method["2x_grid"]["max_abs_diff_tanh"] == 0.0
     assert by_method["innerdist"]["max_abs_diff_tanh"] < 1e-5
     assert by_method["innerdist"]["mvox_per_s"] > 0
+
+
+def _distance_in_child(labels, queue):
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    queue.put(boundary_distance(labels, (1.0, 2.0, 3.0)))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_threads_work_in_a_forked_child():
+    # The thread pool of the parent does not survive fork; the child must make its own
+    # (a DataLoader worker computing targets, say) instead of waiting forever.
+    import multiprocessing
+
+    labels = np.kron(np.arange(24).reshape(2, 3, 4) % 5, np.ones((9, 9, 9), np.int64))
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        want = boundary_distance(labels, (1.0, 2.0, 3.0))  # creates the parent's pool
+    finally:
+        numba.set_num_threads(previous)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_distance_in_child, args=(labels, queue))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    np.testing.assert_array_equal(got, want)

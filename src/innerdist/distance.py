@@ -62,6 +62,7 @@ release the GIL; they are compiled on first use (about 20 s, then cached on disk
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -725,6 +726,18 @@ def _sweep_cols_chunk(codes, out, w1, k0, k1):  # pragma: no cover - compiled
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools_after_fork() -> None:
+    # A forked child (e.g. a DataLoader worker) inherits the pools but not their
+    # threads: work sent to them would never run. Start afresh in the child.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def _run(task: Callable[[int, int], None], n: int, nthreads: int, align: int = 1) -> None:
