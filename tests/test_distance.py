@@ -445,6 +445,16 @@ def test_invalid_input(fn, labels, voxel_size, error, match):
         fn(labels, voxel_size)
 
 
+@pytest.mark.parametrize("voxel_size", [(1e-16, 1.0), (1e17, 1.0)])
+def test_voxel_sizes_beyond_float32_squared_distances(voxel_size):
+    labels = np.zeros((20, 3), np.uint8)
+    labels[5:] = 1
+    with pytest.raises(ValueError, match="outside what float32 squared distances can hold"):
+        boundary_distance(labels, voxel_size)
+    # The float64 reference has no such limit.
+    assert np.isfinite(boundary_distance_2x_grid(labels, voxel_size)).all()
+
+
 # --------------------------------------------------------------------------------------
 # Benchmark smoke test
 
