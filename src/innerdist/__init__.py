@@ -27,11 +27,28 @@ _EXPORTS = {
     "boundary_distance": "innerdist.distance",
     "open_volume": "innerdist.volumes",
     "create_volume": "innerdist.volumes",
+    "Checkpoint": "innerdist.checkpoint",
+    "load_checkpoint": "innerdist.checkpoint",
+    "save_checkpoint": "innerdist.checkpoint",
+    "predict_array": "innerdist.predict",
+    "predict_volume": "innerdist.predict",
+    "instances": "innerdist.segment",
+    "threshold_mask": "innerdist.segment",
+    "segment_volume": "innerdist.segment",
+    "evaluate_volumes": "innerdist.evaluate",
+    "binary_scores": "innerdist.evaluate",
+    "instance_scores": "innerdist.evaluate",
+    "compute_targets": "innerdist.targets",
+    "TrainConfig": "innerdist.config",
+    "load_config": "innerdist.config",
+    "train": "innerdist.train",
+    "run_demo": "innerdist.demo",
 }
 
 __all__ = [
     "Architecture",
     "ArrayType",
+    "Checkpoint",
     "DistanceArray",
     "InnerDistancePredictor",
     "InstanceArray",
@@ -40,11 +57,26 @@ __all__ = [
     "Model",
     "NumpyArray",
     "Predictor",
+    "TrainConfig",
     "UNet",
     "balance_weights",
+    "binary_scores",
     "boundary_distance",
+    "compute_targets",
     "create_volume",
+    "evaluate_volumes",
+    "instance_scores",
+    "instances",
+    "load_checkpoint",
+    "load_config",
     "open_volume",
+    "predict_array",
+    "predict_volume",
+    "run_demo",
+    "save_checkpoint",
+    "segment_volume",
+    "threshold_mask",
+    "train",
 ]
 
 if TYPE_CHECKING:
@@ -57,10 +89,18 @@ if TYPE_CHECKING:
         MaskArray,
         NumpyArray,
     )
+    from innerdist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from innerdist.config import TrainConfig, load_config
+    from innerdist.demo import run_demo
     from innerdist.distance import boundary_distance
+    from innerdist.evaluate import binary_scores, evaluate_volumes, instance_scores
     from innerdist.inner_distance import InnerDistancePredictor
     from innerdist.model import Model
+    from innerdist.predict import predict_array, predict_volume
     from innerdist.predictor import Predictor
+    from innerdist.segment import instances, segment_volume, threshold_mask
+    from innerdist.targets import compute_targets
+    from innerdist.train import train
     from innerdist.volumes import create_volume, open_volume
     from innerdist.weights import balance_weights
 
