@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
 app = typer.Typer(
@@ -49,7 +50,9 @@ def user_errors_exit_2(func: F) -> F:
             return func(*args, **kwargs)
         except USER_ERRORS as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            typer.echo(f"innerdist {func.__name__.replace('_', '-')}: error: {message}", err=True)
+            context = click.get_current_context(silent=True)
+            command = context.info_name if context else func.__name__.replace("_", "-")
+            typer.echo(f"innerdist {command}: error: {message}", err=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -299,7 +302,7 @@ def _parse_shape(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        values = tuple(int(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"expected comma-separated integers, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
