@@ -21,7 +21,9 @@ Methods, all on the same labels:
   boundary faces, so its values differ).
 
 Columns: wall time (best of N, the methods interleaved so that load from other
-processes hits them alike), Mvox/s, peak memory (each method once in a fresh
+processes hits them alike), CPU time of all threads (best of N; on a shared machine a
+2-thread run whose wall time is close to its CPU time did not get a second core),
+Mvox/s (from the wall time), peak memory (each method once in a fresh
 subprocess: ``ru_maxrss`` after the call minus ``ru_maxrss`` after imports, data load
 and a tiny warm-up call), max |tanh(d/s) - tanh(d_ref/s)| over all voxels with
 ``s = 2 * min(voxel_size)`` (only meaningful for methods computing the same
@@ -256,15 +258,17 @@ def run_case(
         _warm_up(method, labels.ndim, t)
 
     best = {run: math.inf for run in runs}
+    best_cpu = {run: math.inf for run in runs}
     results: dict[tuple[str, int], np.ndarray] = {}
     for rep in range(repeats):
         for run in runs:
             # The reference takes tens of seconds at 256^3: once is enough.
             if run[0] == "2x_grid" and rep > 0 and n_vox > 64**3:
                 continue
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             d = _call(run[0], labels, case.voxel_size, run[1])
             best[run] = min(best[run], time.perf_counter() - start)
+            best_cpu[run] = min(best_cpu[run], time.process_time() - cpu_start)
             if rep == 0:
                 results[run] = np.asarray(d, dtype=np.float32)
             del d
@@ -288,6 +292,7 @@ def run_case(
             "method": method,
             "threads": t,
             "seconds": best[run],
+            "cpu_seconds": best_cpu[run],
             "mvox_per_s": n_vox / best[run] / 1e6,
             "peak_mb": memory.get(run),
             "tanh_scale": scale,
@@ -320,7 +325,7 @@ def run_case(
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        f"{'case':22s} {'method':10s} {'thr':>3s} {'time s':>8s} {'Mvox/s':>8s} "
+        f"{'case':22s} {'method':10s} {'thr':>3s} {'time s':>8s} {'cpu s':>7s} {'Mvox/s':>8s} "
         f"{'peak MB':>8s} {'max|dtanh|':>10s} {'x 2x-grid':>9s}"
     )
     lines = [head, "-" * len(head)]
@@ -336,6 +341,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
         lines.append(
             f"{r['case']:22s} {r['method']:10s} {r['threads']:3d} {r['seconds']:8.3f} "
+            f"{r['cpu_seconds']:7.3f} "
             f"{r['mvox_per_s']:8.2f} {fmt(r['peak_mb'], '8.0f'):>8s} "
             f"{fmt(r['max_abs_diff_tanh'], '10.1e'):>10s} "
             f"{fmt(r['speedup_vs_2x_grid'], '9.1f'):>9s}"
