@@ -340,12 +340,19 @@ def test_lower_envelope_matches_brute_force_min_plus():
     assert np.isinf(got).all()  # a line without sites stays empty
 
 
-def test_dense_instances_and_threads_agree():
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_dense_instances_and_threads_agree(ndim):
     rng = np.random.default_rng(1)
-    # Touching boxes of random ids plus background: a small version of the benchmark.
-    labels = np.kron(rng.integers(0, 50, (6, 7, 5)), np.ones((6, 5, 9), np.int64))[:33, :, :]
+    # Touching boxes of random ids plus background: a small version of the benchmark,
+    # big enough to be cut into chunks for the threads.
+    if ndim == 3:
+        labels = np.kron(rng.integers(0, 50, (6, 7, 5)), np.ones((6, 5, 9), np.int64))[:33]
+        voxel_size: tuple[float, ...] = (40.0, 8.0, 8.0)
+    else:
+        labels = np.kron(rng.integers(0, 50, (30, 25)), np.ones((7, 11), np.int64))[:, :270]
+        voxel_size = (8.0, 6.0)
     labels[rng.random(labels.shape) < 0.02] = 0
-    voxel_size = (40.0, 8.0, 8.0)
+    assert labels.size >= 4 * dist._MIN_CHUNK_VOXELS
     want = boundary_distance_2x_grid(labels, voxel_size)
     previous = numba.get_num_threads()
     try:
@@ -493,7 +500,8 @@ def test_threads_work_in_a_forked_child():
     # (a DataLoader worker computing targets, say) instead of waiting forever.
     import multiprocessing
 
-    labels = np.kron(np.arange(24).reshape(2, 3, 4) % 5, np.ones((9, 9, 9), np.int64))
+    labels = np.kron(np.arange(24).reshape(2, 3, 4) % 5, np.ones((12, 12, 12), np.int64))
+    assert labels.size >= 4 * dist._MIN_CHUNK_VOXELS  # big enough to be split
     previous = numba.get_num_threads()
     numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     try:

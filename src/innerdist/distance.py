@@ -241,7 +241,12 @@ def _boundary_distance_c(labels: np.ndarray, vs: np.ndarray, no_boundary: float)
     out = np.empty(labels.shape, dtype=np.float32)
     lab3 = labels if labels.ndim == 3 else labels[None]
     codes = np.empty(lab3.shape, dtype=np.uint8)
-    _run(lambda lo, hi: _edge_codes(lab3, codes, lo, hi), lab3.shape[0] * lab3.shape[1], nthreads)
+    _run(
+        lambda lo, hi: _edge_codes(lab3, codes, lo, hi),
+        lab3.shape[0] * lab3.shape[1],
+        labels.size,
+        nthreads,
+    )
     if labels.ndim == 2:
         _kernel_2d(codes, out[None], vs, recip, nthreads)
     else:
@@ -757,14 +762,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
-def _run(task: Callable[[int, int], None], n: int, nthreads: int, align: int = 1) -> None:
+# Below this many voxels per chunk, handing work to threads costs more than it saves.
+_MIN_CHUNK_VOXELS = 8192
+
+
+def _run(
+    task: Callable[[int, int], None], n: int, voxels: int, nthreads: int, align: int = 1
+) -> None:
     """Call ``task(lo, hi)`` for chunks ``lo:hi`` covering ``range(n)``, the bounds
-    multiples of ``align`` (except n)."""
+    multiples of ``align`` (except n); ``voxels`` is the size of the whole job."""
     units = -(-n // align)
-    nchunks = min(units, 8 * nthreads if nthreads > 1 else 1)
+    nchunks = min(units, 8 * nthreads, max(1, voxels // _MIN_CHUNK_VOXELS))
+    if nthreads <= 1:
+        nchunks = 1
     bounds = [min(n, (c * units // nchunks) * align) for c in range(nchunks)] + [n]
     chunks = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True) if hi > lo]
-    if nthreads <= 1 or len(chunks) <= 1:
+    if len(chunks) <= 1:
         for lo, hi in chunks:
             task(lo, hi)
         return
@@ -786,13 +799,19 @@ def _kernel_2d(
     c2, b2 = _tables(w2)
     plane = np.empty_like(out)
     # Column work goes in ranges of whole tiles, row work in ranges of rows.
-    _run(lambda lo, hi: _sweep_cols_chunk(codes, out, w1, lo, hi), n2, nthreads, _TILE)
-    _run(lambda lo, hi: _rows_chunk_2d(codes, out, plane, w2, c2, b2, recip, lo, hi), n1, nthreads)
+    _run(lambda lo, hi: _sweep_cols_chunk(codes, out, w1, lo, hi), n2, out.size, nthreads, _TILE)
+    _run(
+        lambda lo, hi: _rows_chunk_2d(codes, out, plane, w2, c2, b2, recip, lo, hi),
+        n1,
+        out.size,
+        nthreads,
+    )
     src = plane.reshape(n1, 1, n2)
     dst = out.reshape(n1, 1, n2)
     _run(
         lambda lo, hi: _slab_cols(src, dst, _MIN_SQRT, w1, c1, b1, recip, 0, 1, lo, hi),
         n2,
+        out.size,
         nthreads,
         _TILE,
     )
@@ -808,12 +827,16 @@ def _kernel_3d(
     c1, b1 = _tables(w1)
     c2, b2 = _tables(w2)
     g = np.empty_like(out)
-    _run(lambda lo, hi: _axis0_sweep_chunk(codes, out, w0, lo, hi), n1, nthreads, 8)
+    _run(lambda lo, hi: _axis0_sweep_chunk(codes, out, w0, lo, hi), n1, out.size, nthreads, 8)
     _run(
         lambda lo, hi: _planes_chunk(codes, out, g, w1, w2, c1, b1, c2, b2, recip, lo, hi),
         n0,
+        out.size,
         nthreads,
     )
     _run(
-        lambda lo, hi: _slab_cols(g, out, _MIN_SQRT, w0, c0, b0, recip, lo, hi, 0, n2), n1, nthreads
+        lambda lo, hi: _slab_cols(g, out, _MIN_SQRT, w0, c0, b0, recip, lo, hi, 0, n2),
+        n1,
+        out.size,
+        nthreads,
     )
