@@ -299,7 +299,7 @@ def test_passes_match_brute_force_min_plus(far, mode):
     # Columns within each plane (axis 1) and along axis 0 for each slab.
     for axis0 in (False, True):
         dst = before.copy()
-        buf = np.empty((max(f.shape) + 2 * dist._PAD, dist._TILE), np.float32)
+        buf = dist._column_buffer(f.shape[0] if axis0 else f.shape[1])
         for s in range(f.shape[1] if axis0 else f.shape[0]):
             dist._pass_cols(
                 f, dst, s, s, axis0, 0, f.shape[2], mode, w, costs, bits, recip, buf, **scratch
@@ -308,7 +308,7 @@ def test_passes_match_brute_force_min_plus(far, mode):
         np.testing.assert_allclose(dst, want, rtol=1e-6, err_msg=f"axis0={axis0}")
     # Rows (axis 2).
     dst = before.copy()
-    rowbuf = np.empty(f.shape[2] + 2 * dist._PAD, np.float32)
+    rowbuf = dist._row_buffer(f.shape[2])
     for i in range(f.shape[0]):
         dist._pass_rows(f, dst, i, 0, f.shape[1], mode, w, costs, bits, recip, rowbuf, **scratch)
     np.testing.assert_allclose(dst, combine(min_plus_reference(f, w, 2)), rtol=1e-6)

@@ -379,6 +379,25 @@ def _relax(cur, res, lo, hi, lo2, hi2, cost, cost2, nt):  # pragma: no cover - c
 
 
 @njit(cache=True, nogil=True)
+def _column_buffer(m):  # pragma: no cover - compiled
+    # Scratch for _pass_cols on columns of length m: _PAD rows of inf, m rows, _PAD rows
+    # of inf. The padding is written once here, not per call (it dwarfs small planes).
+    buf = np.empty((m + 2 * _PAD, _TILE), np.float32)
+    buf[:_PAD] = np.inf
+    buf[_PAD + m :] = np.inf
+    return buf
+
+
+@njit(cache=True, nogil=True)
+def _row_buffer(n):  # pragma: no cover - compiled
+    # Scratch for _pass_rows on rows of length n, padded with inf like _column_buffer.
+    rowbuf = np.empty(n + 2 * _PAD, np.float32)
+    rowbuf[:_PAD] = np.inf
+    rowbuf[_PAD + n :] = np.inf
+    return rowbuf
+
+
+@njit(cache=True, nogil=True)
 def _pass_cols(
     src, dst, fs, fd, axis0, k0, k1, mode, w, costs, cost_bits, recip, buf, acc, line, v, av, z
 ):  # pragma: no cover - compiled
@@ -390,11 +409,8 @@ def _pass_cols(
     pad = _PAD
     acc0 = acc[0]
     acc1 = acc[1]
-    # buf holds the tile with pad rows of inf above and below: no bounds tests inside.
-    for r in range(pad):
-        for t in range(_TILE):
-            buf[r, t] = np.inf
-            buf[pad + m + r, t] = np.inf
+    # buf (from _column_buffer(m)) holds the tile between pad rows of inf above and
+    # below, so the search needs no bounds tests; only the rows in between are written.
     for t0 in range(k0, k1, _TILE):
         nt = min(_TILE, k1 - t0)
         for x in range(m):
@@ -461,9 +477,7 @@ def _pass_rows(
     pad = _PAD
     acc0 = acc[0]
     acc1 = acc[1]
-    for r in range(pad):
-        rowbuf[r] = np.inf
-        rowbuf[pad + n + r] = np.inf
+    # rowbuf (from _row_buffer(n)): the row between pad entries of inf.
     for j in range(j0, j1):
         srow = src[i, j]
         for x in range(n):
@@ -569,26 +583,24 @@ def _sweep_cols(codes, out, i, k0, k1, w, last):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _sweep_rows(codes, i, out, io, j0, j1, w, tmp):  # pragma: no cover - compiled
-    # f along axis 2 for the rows of plane i, j in j0:j1, into out[io, j, :]. Integer
-    # positions keep the loop-carried dependency to one compare-and-select.
+def _sweep_rows(codes, i, out, io, j0, j1, w):  # pragma: no cover - compiled
+    # f along axis 2 for the rows of plane i, j in j0:j1, into out[io, j, :]: forward
+    # the distance past the last site, backward the one to the next, keep the smaller.
     n = codes.shape[2]
-    far = 1 << 30
     for j in range(j0, j1):
         cr = codes[i, j]
         orow = out[io, j]
-        last = -far
-        tmp[0] = last
+        last = np.float32(-np.inf)
+        orow[0] = np.inf
         for x in range(1, n):
-            last = x if cr[x - 1] & 1 else last
-            tmp[x] = last
-        nxt = far
+            last = np.float32(x - 0.5) if cr[x - 1] & 1 else last
+            orow[x] = np.float32(x) - last
+        nxt = np.float32(np.inf)
         for x in range(n - 1, -1, -1):
-            nxt = x + 1 if cr[x] & 1 else nxt
-            a = nxt - x
-            b = x - tmp[x] + 1
-            dd = a if a < b else b
-            d = np.float32(dd) - np.float32(0.5) if dd <= n else np.float32(np.inf)
+            nxt = np.float32(x + 0.5) if cr[x] & 1 else nxt
+            a = nxt - np.float32(x)
+            b = orow[x]
+            d = a if a < b else b
             orow[x] = w * d * d
 
 
@@ -659,14 +671,13 @@ def _planes_chunk(
     av = np.empty(nmax + 1, np.float64)
     z = np.empty(nmax + 2, np.float64)
     last = np.empty(n2, np.float32)
-    tmp = np.empty(n2, np.int64)
     plane = np.empty((1, n1, n2), np.float32)
-    buf = np.empty((n1 + 2 * _PAD, _TILE), np.float32)
-    rowbuf = np.empty(n2 + 2 * _PAD, np.float32)
+    buf = _column_buffer(n1)
+    rowbuf = _row_buffer(n2)
     acc = np.empty((2, _TILE), np.float32)
     for i in range(i0, i1):
         _sweep_cols(codes, g, i, 0, n2, w1, last)  # g[i] <- f_1
-        _sweep_rows(codes, i, plane, 0, 0, n1, w2, tmp)  # plane <- f_2
+        _sweep_rows(codes, i, plane, 0, 0, n1, w2)  # plane <- f_2
         for job in range(2):  # P_2 of f_1 and of f_0, in place
             arr = g if job == 0 else out
             _pass_rows(
@@ -709,7 +720,7 @@ def _slab_cols(
     v = np.empty(m + 1, np.int64)
     av = np.empty(m + 1, np.float64)
     z = np.empty(m + 2, np.float64)
-    buf = np.empty((m + 2 * _PAD, _TILE), np.float32)
+    buf = _column_buffer(m)
     acc = np.empty((2, _TILE), np.float32)
     for j in range(j0, j1):
         _pass_cols(
@@ -727,11 +738,10 @@ def _rows_chunk_2d(
     v = np.empty(n + 1, np.int64)
     av = np.empty(n + 1, np.float64)
     z = np.empty(n + 2, np.float64)
-    tmp = np.empty(n, np.int64)
-    rowbuf = np.empty(n + 2 * _PAD, np.float32)
+    rowbuf = _row_buffer(n)
     acc = np.empty((2, _TILE), np.float32)
     _pass_rows(out, out, 0, j0, j1, _WRITE, w2, costs2, bits2, recip, rowbuf, acc, line, v, av, z)
-    _sweep_rows(codes, 0, plane, 0, j0, j1, w2, tmp)
+    _sweep_rows(codes, 0, plane, 0, j0, j1, w2)
 
 
 @njit(cache=True, nogil=True)
