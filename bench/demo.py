@@ -46,6 +46,7 @@ def main() -> None:
             model={
                 "input_shape": [12, 44, 44],
                 "num_fmaps": 4,
+                "batch_norm": True,
                 "downsample_factors": [[1, 2, 2]],
                 "kernel_size_down": [[[1, 3, 3], [1, 3, 3]], [[3, 3, 3], [3, 3, 3]]],
                 "kernel_size_up": [[[1, 3, 3], [1, 3, 3]]],

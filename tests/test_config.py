@@ -189,7 +189,15 @@ def test_missing_section() -> None:
         ),
         (
             lambda d: d.update(validation={"min_size": -1}),
-            "validation.min_size: Input should be greater than or equal to 0",
+            "validation.min_size: min_size must be a number >= 0",
+        ),
+        (
+            lambda d: d.update(validation={"min_size": [0, 5, 5]}),
+            "validation.min_size: min_size values must be distinct",
+        ),
+        (
+            lambda d: d.update(validation={"min_size": []}),
+            "validation.min_size: min_size must be a number >= 0 (world units) or a non-empty",
         ),
         (
             lambda d: d["data"]["train"][0].update(labels=["a.zarr/l", "b.zarr/l"]),
@@ -253,6 +261,8 @@ def test_criteria() -> None:
 def test_level_pairs_keep_sweep_order_and_skip_impossible_pairs() -> None:
     v = ValidationConfig(foreground_levels=[0.1, 0.5], seed_levels=[0.3, 0.7])
     assert v.level_pairs() == [(0.1, 0.3), (0.1, 0.7), (0.5, 0.7)]
+    assert v.min_sizes == [0.0]
+    assert ValidationConfig(min_size=[0, 1e6]).min_sizes == [0.0, 1e6]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from innerdist.volumes import is_complete, open_volume
 TINY_MODEL: dict[str, Any] = {
     "input_shape": [12, 44, 44],
     "num_fmaps": 4,
+    "batch_norm": True,  # as the demo's model
     "downsample_factors": [[1, 2, 2]],
     "kernel_size_down": [[[1, 3, 3], [1, 3, 3]], [[3, 3, 3], [3, 3, 3]]],
     "kernel_size_up": [[[1, 3, 3], [1, 3, 3]]],
@@ -73,6 +74,8 @@ def test_tiny_demo_writes_report_outputs_and_scores(tmp_path: Path) -> None:
     assert again.run.resumed_from == 1 and again.run.iteration == 1
     assert (out / "data" / "test.zarr" / "raw").stat().st_mtime_ns == data_written
     assert again.headline() == pytest.approx(headline)
+    with pytest.raises(ValueError, match="made with seed 0, not 1; use another --out"):
+        run_demo(out, **{**kwargs, "seed": 1})
 
 
 def test_demo_config_is_valid_and_validates_four_times() -> None:

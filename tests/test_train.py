@@ -260,10 +260,50 @@ def test_score_prediction_of_a_perfect_prediction() -> None:
     mask = np.ones((24, 24), bool)
     mask[12:, :] = False
     assert score_prediction(pred, labels, (1, 1), config, mask=mask)[0] == perfect
+    # min_size sweeps: 64-voxel squares survive 64 (voxel size 1: world = voxels), not 65.
+    swept = score_prediction(
+        pred, labels, (1, 1), config.model_copy(update={"min_size": [0.0, 64.0, 65.0]})
+    )
+    assert [(r["foreground_level"], r["seed_level"], r["min_size"]) for r in swept[:3]] == [
+        (0.05, 0.9, 0.0), (0.05, 0.9, 64.0), (0.05, 0.9, 65.0)
+    ]
+    assert [r["instances.f1_score@0.5"] for r in swept[:3]] == [1.0, 1.0, 0.0]
+    assert swept[2]["binary.dice"] == 1.0  # the thresholded mask keeps every object
     with pytest.raises(ValueError, match="must both be"):
         score_prediction(pred[0], labels, (1, 1), config)
     with pytest.raises(ValueError, match="mask shape"):
         score_prediction(pred, labels, (1, 1), config, mask=mask[:5])
+
+
+def test_min_size_sweep_equals_segment_min_size() -> None:
+    # Bumps of many sizes, some touching: the swept filter must score exactly like
+    # segment.instances(min_size_voxels=...).
+    from innerdist.evaluate import instance_scores
+    from innerdist.segment import instances
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros((1, 40, 40), np.uint64)
+    for i in range(14):
+        y, x = rng.integers(0, 36, 2)
+        h, w = rng.integers(2, 9, 2)
+        labels[0, y : y + h, x : x + w] = i + 1
+    pred = InnerDistancePredictor(["a"], 2.0).process(labels, (4, 4), "tanh", 8.0)
+    pred = np.clip(pred + rng.normal(0, 0.05, pred.shape).astype(np.float32), 0, 0.999)
+    config = ValidationConfig(
+        foreground_levels=[0.1], seed_levels=[0.5], min_size=[0.0, 80.0, 250.0, 600.0],
+        criteria=["instances.f1_score@0.5", "instances.voi", "instances.adapted_rand_error"],
+    )
+    rows = score_prediction(pred, labels, (4, 4), config)
+    for row in rows:
+        seg = instances(pred[0], foreground_level=0.1, seed_level=0.5,
+                        min_size_voxels=min_size_voxels(row["min_size"], (4, 4)))
+        expected = instance_scores(seg, labels[0], iou_thresholds=[0.5])
+        assert row["instances.f1_score@0.5"] == expected["matching"][0]["f1_score"]
+        assert row["instances.voi"] == pytest.approx(expected["voi"], abs=1e-12)
+        assert row["instances.adapted_rand_error"] == pytest.approx(
+            expected["adapted_rand_error"], abs=1e-12
+        )
+    assert len({r["instances.voi"] for r in rows}) > 1  # the sizes did make a difference
 
 
 # --- plots ------------------------------------------------------------------------------

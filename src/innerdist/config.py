@@ -29,6 +29,7 @@ can sit next to its data. :func:`save_config` writes the resolved (absolute) pat
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -386,18 +387,32 @@ def criterion_direction(name: str) -> Literal["max", "min"]:
 class ValidationConfig(_Strict):
     """Post-processing sweep and model selection on the validation volumes.
 
-    Every pair ``foreground_level < seed_level`` from the two lists is tried: instances are
-    seeded where the prediction exceeds the seed level and grown within the foreground
-    level; objects smaller than ``min_size`` (world units: nm^3 in 3-D, nm^2 in 2-D) are
-    dropped. ``binary.*`` criteria score the thresholded foreground (``pred >
-    foreground_level``). Each criterion is averaged over channels and validation volumes;
-    the first criterion picks ``best.pt``.
+    Every pair ``foreground_level < seed_level`` from the two lists is tried, with every
+    ``min_size``: instances are seeded where the prediction exceeds the seed level and
+    grown within the foreground level; objects smaller than ``min_size`` (world units:
+    nm^3 in 3-D, nm^2 in 2-D; one number, or a list to sweep) are dropped. ``binary.*``
+    criteria score the thresholded foreground (``pred > foreground_level``). Each
+    criterion is averaged over channels and validation volumes; the first criterion picks
+    ``best.pt``.
     """
 
     foreground_levels: list[float] = Field(default=[0.05, 0.1, 0.2], min_length=1)
     seed_levels: list[float] = Field(default=[0.4, 0.6, 0.8], min_length=1)
-    min_size: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    min_size: float | list[float] = Field(default=0.0)
     criteria: list[str] = Field(default=["instances.f1_score@0.5"], min_length=1)
+
+    @field_validator("min_size")
+    @classmethod
+    def _min_sizes(cls, value: float | list[float]) -> float | list[float]:
+        sizes = value if isinstance(value, list) else [value]
+        if not sizes or not all(math.isfinite(v) and v >= 0 for v in sizes):
+            raise ValueError(
+                f"min_size must be a number >= 0 (world units) or a non-empty list of them, "
+                f"got {value}"
+            )
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"min_size values must be distinct, got {value}")
+        return value
 
     @field_validator("foreground_levels", "seed_levels")
     @classmethod
@@ -431,6 +446,11 @@ class ValidationConfig(_Strict):
         return [
             (f, s) for f in self.foreground_levels for s in self.seed_levels if f < s
         ]
+
+    @property
+    def min_sizes(self) -> list[float]:
+        """The swept ``min_size`` values (world units), in sweep order."""
+        return list(self.min_size) if isinstance(self.min_size, list) else [self.min_size]
 
 
 # --- the whole file ---------------------------------------------------------------------

@@ -2,19 +2,19 @@
 
 Every ``validation_interval`` iterations the trainer predicts each validation volume in
 memory (:func:`innerdist.predict.predict_array`), turns the prediction into instances for
-every swept pair of levels (:func:`innerdist.segment.instances`: seeds above the seed
-level, grown within the foreground level, objects below ``min_size`` dropped) and scores
-them against the ground truth (:mod:`innerdist.evaluate`). One row per (iteration,
-volume, level pair) goes to ``validation.csv``; :func:`select_best` then reads those rows
-and names, per criterion, the best iteration and the best levels::
+every swept pair of levels and every ``min_size`` (:func:`innerdist.segment.instances`:
+seeds above the seed level, grown within the foreground level, objects below ``min_size``
+dropped) and scores them against the ground truth (:mod:`innerdist.evaluate`). One row
+per (iteration, volume, levels, min_size) goes to ``validation.csv``; :func:`select_best`
+then reads those rows and names, per criterion, the best iteration and post-processing::
 
     iteration  volume  foreground_level  seed_level  min_size  instances.f1_score@0.5
     1000       v.zarr  0.05              0.6         0         0.71
     1000       v.zarr  0.05              0.8         0         0.64
     2000       v.zarr  0.05              0.6         0         0.83   <- best
 
-A criterion's value for one (iteration, level pair) is the mean over the channels and
-validation volumes. Ties go to the earlier iteration, then to the earlier level pair of the
+A criterion's value for one (iteration, levels, min_size) is the mean over the channels
+and validation volumes. Ties go to the earlier iteration, then to the earlier entry of the
 sweep, so the choice is deterministic.
 
 The whole validation volume is held in memory (that is what "validation volume" means
@@ -212,8 +212,9 @@ def score_prediction(
 
     ``prediction`` (float, ``(C, *spatial)``, values in [0, 1)) and ``labels`` (instance
     ids, same shape) cover the same region; ``mask`` (spatial, 0 = ignore) is optional.
-    Returns one dict per :meth:`ValidationConfig.level_pairs` entry with the levels,
-    ``min_size`` (world units) and the mean over channels of every criterion.
+    Returns one dict per :meth:`ValidationConfig.level_pairs` entry and ``min_size``
+    (world units), in that order, with the levels, the ``min_size`` and the mean over
+    channels of every criterion.
     """
     from innerdist.evaluate import binary_scores, instance_scores
     from innerdist.segment import instances, threshold_mask
@@ -233,13 +234,16 @@ def score_prediction(
     thresholds = sorted(
         {t for c in criteria if (t := criterion_iou_threshold(c)) is not None} | {0.5}
     )
-    min_voxels = min_size_voxels(config.min_size, voxel_size)
+    min_sizes = config.min_sizes
 
     binary_cache: dict[tuple[int, float], dict[str, Any]] = {}
-    rows: list[dict[str, float]] = []
-    for fg, seed in config.level_pairs():
-        values: dict[str, list[float]] = {c: [] for c in criteria}
-        for c in range(pred.shape[0]):
+    values: dict[tuple[float, float, float], dict[str, list[float]]] = {
+        (fg, seed, m): {c: [] for c in criteria}
+        for fg, seed in config.level_pairs()
+        for m in min_sizes
+    }
+    for c in range(pred.shape[0]):
+        for fg, seed in config.level_pairs():
             binary = None
             if want_binary:
                 if (c, fg) not in binary_cache:
@@ -248,20 +252,29 @@ def score_prediction(
                         threshold_mask(pred[c], fg), gt[c], tuple(voxel_size), mask=mask
                     )
                 binary = binary_cache[(c, fg)]
-            inst = None
-            if want_instances:
-                segmentation = instances(
-                    pred[c], foreground_level=fg, seed_level=seed, min_size_voxels=min_voxels
-                )
-                inst = instance_scores(segmentation, gt[c], mask=mask, iou_thresholds=thresholds)
-            for criterion in criteria:
-                values[criterion].append(criterion_value(criterion, binary, inst))
-        row: dict[str, float] = {
-            "foreground_level": fg,
-            "seed_level": seed,
-            "min_size": config.min_size,
-        }
-        row.update({k: float(np.mean(v)) for k, v in values.items()})
+            segmentation = (
+                instances(pred[c], foreground_level=fg, seed_level=seed)
+                if want_instances
+                else None
+            )
+            for m in min_sizes:
+                inst = None
+                if segmentation is not None:
+                    # Dropping small objects afterwards equals instances(min_size_voxels=)
+                    # up to the numbering of the ids, which no score depends on.
+                    sizes = np.bincount(segmentation.ravel().astype(np.intp))
+                    small = sizes < min_size_voxels(m, voxel_size)
+                    small[0] = False
+                    kept = np.where(small[segmentation], 0, segmentation)
+                    inst = instance_scores(kept, gt[c], mask=mask, iou_thresholds=thresholds)
+                for criterion in criteria:
+                    values[(fg, seed, m)][criterion].append(
+                        criterion_value(criterion, binary, inst)
+                    )
+    rows: list[dict[str, float]] = []
+    for (fg, seed, m), per_criterion in values.items():
+        row: dict[str, float] = {"foreground_level": fg, "seed_level": seed, "min_size": m}
+        row.update({k: float(np.mean(v)) for k, v in per_criterion.items()})
         rows.append(row)
     return rows
 
