@@ -361,3 +361,14 @@ def test_default_normalization() -> None:
     assert default_normalization("int16") == {"min": -32768.0, "max": 32767.0, "dtype": "int16"}
     with pytest.raises(ValueError, match="needs an integer dtype, got float32"):
         default_normalization(np.float32)
+
+
+def test_weights_hash_with_batch_norm_scalars() -> None:
+    # batch norm keeps a 0-dim num_batches_tracked tensor among the weights
+    unet = UNet((20, 20), num_fmaps=2, downsample_factors=[(2, 2)], batch_norm=True)
+    a = random_checkpoint(unet, predictor(), (8, 8), NORM, seed=1)
+    assert any(t.dim() == 0 for t in a.weights.values())
+    before = a.weights_hash()
+    name = next(n for n, t in a.weights.items() if t.dim() == 0)
+    a.weights[name] = a.weights[name] + 1
+    assert a.weights_hash() != before

@@ -309,7 +309,10 @@ class Checkpoint:
         for name in sorted(self.weights):
             tensor = self.weights[name].detach().to("cpu").contiguous()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            # reshape(-1): 0-dim tensors (batch norm's num_batches_tracked) cannot be viewed
+            # as bytes directly.
+            flat = tensor.reshape(-1)
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         return digest.hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
