@@ -47,13 +47,16 @@ __all__ = ["DEMO_MODEL", "DemoResult", "demo_config", "run_demo"]
 
 #: The demo's 3-D U-Net for (40, 8, 8) nm voxels: in-plane convolutions at full resolution,
 #: 3-D ones after two in-plane downsamplings (where voxels are nearly isotropic). Training
-#: input (20, 92, 92) -> output (8, 52, 52) voxels; prediction uses bigger blocks. Small
-#: (8 feature maps) and with batch norm, which on 2 CPU cores learned fastest per minute:
-#: without it, 300 iterations reached a correlation with the target of 0.66, with it 0.91.
+#: input (20, 92, 92) -> output (8, 52, 52) voxels; prediction uses bigger blocks. Chosen
+#: for learning fast per CPU minute (300 iterations, validation volume): batch norm lifts
+#: the correlation with the target from 0.66 to 0.91; nearest-neighbour upsampling avoids
+#: the checkerboard of transposed convolutions, whose speckles split objects (instance F1
+#: 0.42 -> 0.54) and is cheaper; 8 feature maps learn as fast per iteration as 12.
 DEMO_MODEL: dict[str, Any] = {
     "input_shape": [20, 92, 92],
     "num_fmaps": 8,
     "batch_norm": True,
+    "upsample": "nearest",
     "fmap_inc_factor": 2,
     "downsample_factors": [[1, 2, 2], [1, 2, 2]],
     "kernel_size_down": [
