@@ -6,7 +6,7 @@ and records the headline scores (instance F1 / precision / recall at IoU 0.5, me
 IoU, panoptic quality, adapted Rand error, VOI, Dice), the number of iterations trained
 and the time of each stage. The README quotes this file.
 
-    .venv/bin/python bench/demo.py                      # the default demo (4 min budget)
+    .venv/bin/python bench/demo.py                      # the default demo (5 min budget)
     .venv/bin/python bench/demo.py --iterations 600     # a fixed amount of training
     .venv/bin/python bench/demo.py --quick              # tiny volumes, a smoke test
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time budget")
     parser.add_argument("--iterations", type=int, default=None, help="skip the calibration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny volumes and network")

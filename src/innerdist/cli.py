@@ -433,7 +433,7 @@ def demo(
     ] = "innerdist-demo",
     minutes: Annotated[
         float, typer.Option(min=0.2, help="Approximate training time budget in minutes.")
-    ] = 4.0,
+    ] = 5.0,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the data and the training.")] = 0,
     verbose: Verbose = False,
 ) -> None:
