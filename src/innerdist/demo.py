@@ -288,7 +288,9 @@ def run_demo(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if iterations is not None and (isinstance(iterations, bool) or iterations < 1):
         raise ValueError(f"iterations must be a positive integer or None, got {iterations!r}")
-    root = Path(out)
+    # Absolute from here on: the configs written below resolve relative paths against
+    # their own folder, so a relative root would be joined twice.
+    root = Path(out).expanduser().resolve()
     if root.exists() and not root.is_dir():
         raise NotADirectoryError(f"--out {str(root)!r} exists and is not a directory")
     seconds: dict[str, float] = {}
