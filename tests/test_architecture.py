@@ -10,20 +10,9 @@ import torch
 from funlib.geometry import Coordinate
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nets import tiny_unet as tiny
 
 from innerdist.architecture import ACTIVATIONS, Architecture, UNet
-
-
-def tiny(**kwargs: object) -> UNet:
-    """A 2-D, one-level U-Net with 2 feature maps; kwargs override."""
-    config: dict[str, object] = {
-        "input_shape": (44, 44),
-        "num_fmaps": 2,
-        "downsample_factors": [(2, 2)],
-    }
-    config.update(kwargs)
-    return UNet(**config)  # type: ignore[arg-type]
-
 
 # --- a slow, obviously-correct reference for one axis ------------------------------------------
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import nets
 import numpy as np
 import pytest
 import torch
@@ -22,15 +24,11 @@ from innerdist.checkpoint import (
 )
 from innerdist.inner_distance import InnerDistancePredictor
 
-NORM = {"min": 0, "max": 255, "dtype": "uint8"}
+NORM = nets.NORM_UINT8
 POST = {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 20}
 
 
-def tiny_unet(**kwargs: Any) -> UNet:
-    config: dict[str, Any] = {"input_shape": (20, 20), "num_fmaps": 2,
-                              "downsample_factors": [(2, 2)]}
-    config.update(kwargs)
-    return UNet(**config)
+tiny_unet = partial(nets.tiny_unet, 2, input_shape=(20, 20))
 
 
 def predictor() -> InnerDistancePredictor:

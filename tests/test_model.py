@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from funlib.geometry import Coordinate
+from nets import tiny_unet
 
 from innerdist.architecture import Architecture, UNet
 from innerdist.model import Model
 
-
-def unet_2d(**kwargs: object) -> UNet:
-    config: dict[str, object] = {
-        "input_shape": (44, 44),
-        "num_fmaps": 2,
-        "downsample_factors": [(2, 2)],
-    }
-    config.update(kwargs)
-    return UNet(**config)  # type: ignore[arg-type]
-
-
-def unet_3d(**kwargs: object) -> UNet:
-    """Anisotropic: level 0 only pools in-plane and uses (1, 3, 3) kernels."""
-    config: dict[str, object] = {
-        "input_shape": (20, 44, 44),
-        "num_fmaps": 2,
-        "downsample_factors": [(1, 2, 2), (2, 2, 2)],
-        "kernel_size_down": [[(1, 3, 3), (1, 3, 3)], [3, 3], [3]],
-        "kernel_size_up": [[(1, 3, 3), (1, 3, 3)], [3, 3]],
-    }
-    config.update(kwargs)
-    return UNet(**config)  # type: ignore[arg-type]
+unet_2d = partial(tiny_unet, 2)
+unet_3d = partial(tiny_unet, 3)  # anisotropic: level 0 pools and convolves in-plane only
 
 
 def with_head(architecture: Architecture, channels: int = 3, **kwargs: object) -> Model:

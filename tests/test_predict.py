@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,12 @@ import torch
 from funlib.geometry import Roi
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nets import NORM_UINT8, tiny_predictor, tiny_unet
 from typer.testing import CliRunner
 
 from innerdist.architecture import UNet
 from innerdist.checkpoint import Checkpoint, random_checkpoint, save_checkpoint
 from innerdist.cli import app
-from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.predict import (
     NonFiniteRawError,
     _BlockPredictor,
@@ -38,38 +39,19 @@ from innerdist.predict import (
 )
 from innerdist.volumes import create_volume, is_complete, mark_complete, open_volume
 
-NORM = {"min": 0, "max": 255, "dtype": "uint8"}
+NORM = NORM_UINT8
 POST = {"foreground_level": 0.2, "seed_level": 0.7, "min_size": 5}
 
 
-def unet_2d(**kwargs: Any) -> UNet:
-    """Context 8, step 2, eval output (8, 12)."""
-    config: dict[str, Any] = {
-        "input_shape": (20, 20),
-        "num_fmaps": 3,
-        "downsample_factors": [(2, 2)],
-        "eval_shape_increase": (4, 8),
-    }
-    config.update(kwargs)
-    return UNet(**config)
-
-
-def unet_3d(**kwargs: Any) -> UNet:
-    """Anisotropic: pools in-plane only; context (2, 8, 8), eval output (8, 12, 12)."""
-    config: dict[str, Any] = {
-        "input_shape": (12, 20, 20),
-        "num_fmaps": 2,
-        "downsample_factors": [(1, 2, 2)],
-        "kernel_size_down": [[(1, 3, 3), (1, 3, 3)], [3, 3]],
-        "kernel_size_up": [[(1, 3, 3), (1, 3, 3)]],
-        "eval_shape_increase": (0, 8, 8),
-    }
-    config.update(kwargs)
-    return UNet(**config)
-
-
-def predictor(channels: int = 2) -> InnerDistancePredictor:
-    return InnerDistancePredictor([f"c{i}" for i in range(channels)], 40.0)
+#: Context 8, step 2, eval output (8, 12).
+unet_2d = partial(tiny_unet, 2, input_shape=(20, 20), num_fmaps=3, eval_shape_increase=(4, 8))
+#: Anisotropic: pools in-plane only; context (2, 8, 8), eval output (8, 12, 12).
+unet_3d = partial(
+    tiny_unet, 3, input_shape=(12, 20, 20), downsample_factors=[(1, 2, 2)],
+    kernel_size_down=[[(1, 3, 3), (1, 3, 3)], [3, 3]], kernel_size_up=[[(1, 3, 3), (1, 3, 3)]],
+    eval_shape_increase=(0, 8, 8),
+)
+predictor = tiny_predictor
 
 
 def make_raw(path: Path | str, data: np.ndarray, voxel_size: tuple[int, ...],
