@@ -1,6 +1,6 @@
 """Exact distance from every voxel to the nearest label boundary, in world units.
 
-This is the kernel behind the inner-distance targets (``/work/shared/spec/inner-distance.md``):
+This is the kernel behind the inner-distance targets (``docs/targets.md``):
 
 * a *boundary point* is the centre of a face shared by two face-adjacent voxels whose
   labels differ; the outer border of the array is not a boundary;

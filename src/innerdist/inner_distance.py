@@ -4,7 +4,7 @@ For every object voxel the target is ``tanh(d / scale_factor)``, where ``d`` is 
 Euclidean distance (world units) from the voxel centre to the nearest boundary point of
 its object; background is 0. Boundary points are the centres of faces between
 face-adjacent voxels with different labels, so touching objects are separated and the
-edge of the crop is not a boundary (see ``shared/spec/inner-distance.md``)::
+edge of the crop is not a boundary (see ``docs/targets.md``)::
 
     labels   0   0   1   1   1   1   1   1   0   0      (voxel size 1, scale 2)
     d            .   .5  1.5 2.5 2.5 1.5 .5
