@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +42,26 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _expand_home(value: Any) -> Any:
+    """``~/data.zarr/raw`` -> ``$HOME/data.zarr/raw``, as a shell does for an unquoted word.
+
+    A ``~`` reaches the program when the word was quoted or followed ``=`` (``--out=~/x``);
+    a user still means their home folder. Only strings starting with ``~`` change.
+    """
+    if isinstance(value, str) and (value == "~" or value.startswith(("~/", "~" + os.sep))):
+        return os.path.expanduser(value)
+    return value
+
+
 def user_errors_exit_2(func: F) -> F:
-    """Turn errors caused by bad input into one line on stderr and exit code 2."""
+    """Turn errors caused by bad input into one line on stderr and exit code 2.
+
+    String arguments starting with ``~`` are expanded to the home folder first.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        kwargs = {name: _expand_home(value) for name, value in kwargs.items()}
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as e:
