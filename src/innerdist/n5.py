@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from funlib.persistence import Array
 
-from innerdist.volumes import spatial_axis_names
+from innerdist.units import spatial_axis_names
 
 __all__ = ["N5Array", "open_n5"]
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR
 from innerdist.checkpoint import check_normalization
 
 if TYPE_CHECKING:
@@ -61,9 +62,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
-QUANTIZATION_ATTR = "innerdist_quantization"
-POSTPROCESSING_ATTR = "innerdist_postprocessing"
-PREDICTOR_ATTR = "innerdist_predictor"
 
 # value = stored * scale + offset. Inner-distance predictions live in [0, 1); uint8 spends its
 # 256 levels there (values outside are clipped), float16 keeps the value itself.

@@ -74,6 +74,8 @@ import numpy as np
 import numpy.typing as npt
 from funlib.geometry import Coordinate, Roi
 
+from innerdist.attrs import POSTPROCESSING_ATTR, QUANTIZATION_ATTR, SEGMENTATION_ATTR
+
 if TYPE_CHECKING:
     # Not imported at run time: workers open zarr directly, and funlib.persistence (with
     # dask) costs seconds of start-up in every worker process.
@@ -99,13 +101,6 @@ DEFAULT_FOREGROUND_LEVEL = 0.05
 DEFAULT_SEED_LEVEL = 0.8
 #: Largest bounding box (voxels) of a multi-seed component flooded as a whole (~1 GB RAM).
 DEFAULT_MAX_WATERSHED_VOXELS = 2**24
-#: Prediction attrs with tuned levels: ``{"foreground_level", "seed_level", "min_size"}``,
-#: ``min_size`` in voxels of the prediction (as stored in checkpoints).
-POSTPROCESSING_ATTR = "innerdist_postprocessing"
-#: Prediction attrs of quantised outputs: ``{"scale", "offset"}``, value = stored*scale+offset.
-QUANTIZATION_ATTR = "innerdist_quantization"
-#: Output attrs recording how the segmentation was made.
-SEGMENTATION_ATTR = "innerdist_segmentation"
 
 _LOCAL_BITS = 32
 _LOCAL_MASK = np.uint64(2**_LOCAL_BITS - 1)

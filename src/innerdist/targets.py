@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from innerdist.attrs import LABELS_ATTR, PREDICTOR_ATTR
 from innerdist.blockwise import (
     finish_output,
     open_or_create_output,
@@ -136,7 +137,7 @@ def compute_targets(
         dtype=np.float32,
         num_channels=n_channels,
         chunk_shape=tuple(block_voxels),
-        attrs={"innerdist_predictor": predictor.to_dict(), "innerdist_labels": str(labels)},
+        attrs={PREDICTOR_ATTR: predictor.to_dict(), LABELS_ATTR: str(labels)},
     )
     saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
     labels_path, out_path = str(labels), str(out)

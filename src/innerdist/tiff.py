@@ -29,6 +29,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
+from innerdist.attrs import SOURCE_ATTR
 from innerdist.volumes import create_volume, mark_complete, split_volume_path
 
 __all__ = ["SUPPORTED_DTYPES", "import_tiff", "tiff_axes", "tiff_voxel_size"]
@@ -389,7 +390,7 @@ def import_tiff(
             num_channels=num_channels,
             chunk_shape=chunks,
             overwrite=overwrite,
-            attrs={"innerdist_source": str(path.resolve())},
+            attrs={SOURCE_ATTR: str(path.resolve())},
         )
         with _lazy_pixels(tif, path, shape) as pixels:
             _copy_in_slabs(pixels, array, ax, order, spatial_shape, dtype)

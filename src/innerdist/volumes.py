@@ -25,6 +25,11 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
 
+from innerdist.attrs import COMPLETE_ATTR
+from innerdist.n5 import open_n5
+from innerdist.ome import OmeLevel, locate_level
+from innerdist.units import spatial_axis_names
+
 __all__ = [
     "COMPLETE_ATTR",
     "create_volume",
@@ -36,7 +41,6 @@ __all__ = [
     "split_volume_path",
 ]
 
-COMPLETE_ATTR = "innerdist_complete"
 _CONTAINER_SUFFIXES = (".zarr", ".n5", ".zr", ".ome.zarr")
 
 
@@ -61,13 +65,6 @@ def split_volume_path(path: str | Path) -> tuple[Path, str]:
         f"volume path {str(path)!r} has no container component ending in "
         f"{', '.join(_CONTAINER_SUFFIXES)}; expected e.g. 'data.zarr/raw'"
     )
-
-
-def spatial_axis_names(dims: int) -> list[str]:
-    """Axis names innerdist writes: ``["y", "x"]`` or ``["z", "y", "x"]``."""
-    if dims not in (2, 3):
-        raise ValueError(f"expected 2 or 3 spatial dimensions, got {dims}")
-    return ["z", "y", "x"][3 - dims :]
 
 
 def num_channels(array: Array) -> int | None:
@@ -111,101 +108,108 @@ def _list_datasets(container: Path) -> list[str]:
     return sorted(set(found))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _split_allowing_container(path: str | Path) -> tuple[Path, str]:
+    """Like :func:`split_volume_path`, but ``img.ome.zarr`` alone gives dataset ``""``."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return split_volume_path(path)
+    except ValueError:
+        parts = Path(path).parts
+        if parts and parts[-1].endswith(_CONTAINER_SUFFIXES):
+            return Path(path), ""
+        raise
 
 
-def _group_attrs(group: Path) -> dict[str, Any]:
-    """Attributes of a zarr v2/v3 group (empty when it is not one)."""
-    v3 = _read_json(group / "zarr.json")
-    if v3:
-        attrs = v3.get("attributes", {})
-        return attrs if isinstance(attrs, dict) else {}
-    return _read_json(group / ".zattrs")
-
-
-def _ome_metadata(container: Path, dataset: str) -> dict[str, Any] | None:
-    """Voxel size, offset and axis names of ``dataset`` from OME-NGFF ``multiscales``.
-
-    Looks at the parent group of the dataset (``image.ome.zarr/0`` -> ``image.ome.zarr``).
-    Returns ``None`` when the parent has no multiscales metadata.
-    """
-    parent_rel, _, leaf = dataset.rpartition("/")
-    parent = container / parent_rel if parent_rel else container
-    attrs = _group_attrs(parent)
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        return None
-    ms = multiscales[0]
-    axes = ms.get("axes", [])
-    for ds in ms.get("datasets", []):
-        if ds.get("path") != leaf:
-            continue
-        scale: list[float] = [1.0] * len(axes)
-        translation: list[float] = [0.0] * len(axes)
-        for t in ds.get("coordinateTransformations", []):
-            if t.get("type") == "scale":
-                scale = [float(s) for s in t["scale"]]
-            elif t.get("type") == "translation":
-                translation = [float(s) for s in t["translation"]]
-        names: list[str] = []
-        spatial: list[int] = []
-        for i, ax in enumerate(axes):
-            name = ax["name"] if isinstance(ax, dict) else str(ax)
-            kind = ax.get("type", "space") if isinstance(ax, dict) else "space"
-            if kind == "space":
-                names.append(name)
-                spatial.append(i)
-            else:
-                names.append(name + "^")
-        voxel_size = [scale[i] for i in spatial]
-        offset = [translation[i] for i in spatial]
-        for what, values in (("voxel size", voxel_size), ("offset", offset)):
-            if any(v != round(v) for v in values):
-                raise ValueError(
-                    f"OME-NGFF {what} {values} of {container / dataset} is not integer; "
-                    "innerdist needs integer world units (describe it in a smaller unit)"
-                )
-        return {
-            "voxel_size": [int(round(v)) for v in voxel_size],
-            "offset": [int(round(v)) for v in offset],
-            "axis_names": names,
-        }
-    return None
-
-
-def open_volume(path: str | Path, mode: str = "r") -> Array:
+def open_volume(
+    path: str | Path, mode: str = "r", *, level: int | None = None, time: int | None = None
+) -> Array:
     """Open ``container/dataset`` as a :class:`funlib.persistence.Array`.
 
     Works for zarr v2/v3 datasets with funlib metadata (``voxel_size``, ``offset``,
-    ``axis_names`` attributes), OME-NGFF multiscale images (``image.ome.zarr/0``) and N5
-    datasets (read only). Raises :class:`FileNotFoundError` naming the container or the
-    dataset (and listing the datasets that do exist) when either is missing.
+    ``axis_names`` attributes), OME-NGFF 0.4/0.5 multiscale images and label images
+    (see :mod:`innerdist.ome`: ``img.ome.zarr`` or ``img.ome.zarr/labels/cells`` opens
+    level 0 or ``level``, ``img.ome.zarr/s1`` that level; a ``t`` axis needs ``time``)
+    and N5 datasets (read only). Voxel size and offset are whole nm, or px for data
+    without a physical unit (``array.units``). Raises :class:`FileNotFoundError` naming
+    the container or the dataset (and listing the datasets that do exist) when either is
+    missing, ``ValueError`` for metadata innerdist cannot use.
     """
-    container, dataset = split_volume_path(path)
+    container, dataset = _split_allowing_container(path)
     if not container.exists():
         raise FileNotFoundError(f"no container at {str(container)!r} (from {str(path)!r})")
-    if not (container / dataset).exists():
+    if dataset and not (container / dataset).exists():
         available = _list_datasets(container)
         raise FileNotFoundError(
             f"dataset {dataset!r} not found in {str(container)!r}; "
             f"available datasets: {available if available else 'none'}"
         )
-    if str(container).endswith(".n5") or (container / dataset / "attributes.json").exists():
-        from innerdist.n5 import open_n5
-
-        return open_n5(container, dataset)
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
-    overrides = _ome_metadata(container, dataset) or {}
-    try:
-        return open_ds(container / dataset, mode=mode, **overrides)  # type: ignore[arg-type]
-    except TypeError as e:
-        raise FileNotFoundError(f"{str(path)!r} is not an array (is it a group?): {e}") from e
+    if time is not None and (isinstance(time, bool) or not isinstance(time, int) or time < 0):
+        raise ValueError(f"time must be a non-negative integer, got {time!r}")
+    if str(container).endswith(".n5") or (container / dataset / "attributes.json").exists():
+        if level is not None or time is not None:
+            raise ValueError(f"--level/--time apply to OME-Zarr images, not the N5 {str(path)!r}")
+        if not dataset:
+            split_volume_path(path)  # raises: a container without a dataset
+        return open_n5(container, dataset)
+    found = locate_level(container, dataset, level)
+    if found is None:
+        if not dataset:
+            split_volume_path(path)  # raises: a container without a dataset
+        if time is not None:
+            raise ValueError(f"a time point ({time}) was given but {str(path)!r} has no t axis")
+        try:
+            return open_ds(container / dataset, mode=mode)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise FileNotFoundError(
+                f"{str(path)!r} is not an array (is it a group?): {e}"
+            ) from e
+    return _open_ome(found, str(path), mode, time)
+
+
+def _open_ome(found: OmeLevel, path: str, mode: str, time: int | None) -> Array:
+    spatial = len(found.voxel_size)
+    units = [found.unit] * spatial
+    types = ["channel" if n.endswith("^") else "space" for n in found.axis_names]
+    if found.time_axis is None:
+        if time is not None:
+            raise ValueError(f"a time point ({time}) was given but {path!r} has no t axis")
+        return open_ds(
+            found.array_path,
+            mode=mode,  # type: ignore[arg-type]
+            voxel_size=found.voxel_size,
+            offset=found.offset,
+            axis_names=list(found.axis_names),
+            units=units,
+            types=types,
+        )
+    if time is None:
+        raise ValueError(
+            f"{path!r} has a t axis with {found.time_points} time points; choose one with "
+            "--time T (0-based)"
+        )
+    assert found.time_points is not None
+    if time >= found.time_points:
+        raise ValueError(
+            f"time point {time} does not exist in {path!r}: it has {found.time_points} "
+            f"(0 to {found.time_points - 1})"
+        )
+    if mode != "r":
+        raise ValueError(f"{path!r} has a t axis; one time point of it can only be read")
+    import dask.array as da
+    import zarr
+
+    stored = zarr.open_array(found.array_path, mode="r")
+    index = tuple(time if i == found.time_axis else slice(None) for i in range(stored.ndim))
+    data = da.from_zarr(stored)[index]
+    return Array(
+        data,
+        offset=found.offset,
+        voxel_size=found.voxel_size,
+        axis_names=list(found.axis_names),
+        units=units,
+        types=types,
+    )
 
 
 def create_volume(
