@@ -163,15 +163,11 @@ def _vectors(transforms: Any, ndim: int, where: str) -> tuple[list[float], list[
             translation = [float(v) for v in t.translation]
     for what, values in (("scale", scale), ("translation", translation)):
         if len(values) != ndim:
-            raise ValueError(
-                f"{where}: {what} {values} has {len(values)} entries for {ndim} axes"
-            )
+            raise ValueError(f"{where}: {what} {values} has {len(values)} entries for {ndim} axes")
     return scale, translation
 
 
-def locate_level(
-    container: Path, dataset: str, level: int | None = None
-) -> OmeLevel | None:
+def locate_level(container: Path, dataset: str, level: int | None = None) -> OmeLevel | None:
     """The OME-NGFF level ``container/dataset`` names, or ``None`` if it is not one.
 
     ``dataset`` (``""`` for the container itself) names a multiscale group, taking

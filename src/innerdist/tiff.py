@@ -30,6 +30,7 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
 from innerdist.attrs import SOURCE_ATTR
+from innerdist.units import OME_LENGTH_UNITS, PX, canonical_unit
 from innerdist.volumes import create_volume, mark_complete, split_volume_path
 
 __all__ = ["SUPPORTED_DTYPES", "import_tiff", "tiff_axes", "tiff_voxel_size"]
@@ -53,24 +54,6 @@ SUPPORTED_DTYPES = tuple(
     )
 )
 
-# Size of one unit in nm, for the unit names ImageJ and OME write.
-_UNIT_NM = {
-    "nm": 1.0,
-    "nanometer": 1.0,
-    "nanometers": 1.0,
-    "um": 1e3,
-    "µm": 1e3,  # micro sign
-    "μm": 1e3,  # Greek mu
-    "\\u00b5m": 1e3,  # ImageJ's escaped micro sign
-    "micron": 1e3,
-    "microns": 1e3,
-    "micrometer": 1e3,
-    "micrometers": 1e3,
-    "mm": 1e6,
-    "millimeter": 1e6,
-    "å": 0.1,
-    "angstrom": 0.1,
-}
 # Bytes per slab copied at once; slabs are whole output chunks along the slab axis.
 _SLAB_BYTES = 128 * 2**20
 
@@ -155,13 +138,17 @@ def _check_axes(axes: str, ndim: int, tif_axes: str, shape: tuple[int, ...]) -> 
 
 
 def _unit_to_nm(unit: Any, source: str) -> float:
-    key = str(unit).strip().lower()
-    if key not in _UNIT_NM:
+    """Size of one ``unit`` in nm (the one unit table: :mod:`innerdist.units`)."""
+    try:
+        name = canonical_unit(str(unit))
+    except ValueError as e:
+        raise ValueError(f"the TIFF's {source} {e}; pass the voxel size") from None
+    if name == PX:
         raise ValueError(
-            f"the TIFF's {source} unit {unit!r} is not a length unit innerdist knows "
-            f"({', '.join(sorted(set(_UNIT_NM) - {chr(92) + 'u00b5m'}))}); pass the voxel size"
+            f"the TIFF's {source} voxel size is in pixels, not a length; pass the voxel size "
+            "(e.g. --voxel-size 1,1 --unit px)"
         )
-    return _UNIT_NM[key]
+    return float(OME_LENGTH_UNITS[name])
 
 
 def _imagej_voxel_size(tif: Any, spatial: str) -> dict[str, float] | None:

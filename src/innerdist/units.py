@@ -115,7 +115,7 @@ def canonical_unit(unit: str | None) -> str:
     if key.lower() in OME_LENGTH_UNITS or key.lower() in _ALIASES:
         return _ALIASES.get(key.lower(), key.lower())
     raise ValueError(
-        f"unknown length unit {unit!r}; expected one of the OME-NGFF units "
+        f"unit {unit!r} is not a length unit innerdist knows; expected an OME-NGFF unit "
         f"({', '.join(OME_LENGTH_UNITS)}), an abbreviation such as nm or um, or px"
     )
 
