@@ -37,8 +37,12 @@ __all__ = [
     "mark_complete",
     "num_channels",
     "open_volume",
+    "read",
+    "read_padded",
+    "read_upsampled",
     "spatial_axis_names",
     "split_volume_path",
+    "zarr_array_path",
 ]
 
 _CONTAINER_SUFFIXES = (".zarr", ".n5", ".zr", ".ome.zarr")
@@ -278,6 +282,99 @@ def create_volume(
         mode="w",
         custom_metadata=meta,
     )
+
+
+def zarr_array_path(array: Array) -> str | None:
+    """The directory of the zarr array ``array`` reads voxel for voxel, else ``None``.
+
+    Worker processes open this path with zarr itself (no funlib, no dask graph per read).
+    ``None`` for anything that is not a plain zarr array on a local disk: N5, one time
+    point of an OME-Zarr ``t`` axis, lazy operations, in-memory arrays.
+    """
+    import zarr
+
+    source = array._source_data
+    if array.lazy_ops or not isinstance(source, zarr.Array):
+        return None
+    root = getattr(source.store, "root", None)
+    if root is None:
+        return None
+    return str(Path(root) / source.path) if source.path else str(root)
+
+
+def read(array: Array, roi: Roi) -> np.ndarray:
+    """``array[roi]`` as numpy (``roi`` inside the array, on its grid, world units).
+
+    A plain zarr array is sliced directly: funlib goes through a dask graph, which costs
+    about as much again as reading the chunks. Anything else (lazy ops, N5, numpy) goes
+    through funlib, computed in the calling thread: dask's default thread pool does not
+    survive a fork, so a forked loader worker would wait forever on the parent's pool.
+    """
+    import dask
+    import zarr
+
+    source = array._source_data
+    if not array.lazy_ops and isinstance(source, zarr.Array):
+        voxel = Coordinate(array.voxel_size)
+        begin = (roi.begin - array.roi.begin) / voxel
+        end = (roi.end - array.roi.begin) / voxel
+        channels = (slice(None),) * array.channel_dims
+        index = channels + tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
+        return np.asarray(source[index])
+    with dask.config.set(scheduler="synchronous"):
+        return np.asarray(array[roi])
+
+
+def read_padded(array: Array, roi: Roi, fill: str = "zero") -> np.ndarray:
+    """Read ``roi`` (on ``array``'s grid, may leave its ROI), padding ``"zero"``/``"edge"``.
+
+    Channel axes are kept whole; the region outside the data is 0 or repeats the nearest
+    voxel inside it.
+    """
+    if fill not in ("zero", "edge"):
+        raise ValueError(f"fill must be 'zero' or 'edge', got {fill!r}")
+    voxel = Coordinate(array.voxel_size)
+    shape = roi.shape / voxel
+    inside = roi.intersect(array.roi)
+    channel_shape = tuple(array.shape[: array.channel_dims])
+    if inside.empty:
+        return np.zeros((*channel_shape, *shape), dtype=array.dtype)
+    data = read(array, inside)
+    before = (inside.begin - roi.begin) / voxel
+    after = (roi.end - inside.end) / voxel
+    if not any(before) and not any(after):
+        return data
+    pad = [(0, 0)] * len(channel_shape) + list(zip(before, after, strict=True))
+    return np.pad(data, pad, mode="edge" if fill == "edge" else "constant")
+
+
+def read_upsampled(
+    array: Array, roi: Roi, factor: Sequence[int], fill: str = "zero"
+) -> np.ndarray:
+    """Read ``roi`` on the grid ``array.voxel_size / factor`` by nearest neighbour.
+
+    A voxel of ``array`` becomes ``factor`` voxels per axis (labels 8 nm, raw 4 nm:
+    ``factor (2, 2)``); ``roi`` lies on the finer grid and may leave the data (``fill``
+    as in :func:`read_padded`).
+    """
+    factor = Coordinate(factor)
+    coarse = Coordinate(array.voxel_size)
+    if any(f < 1 for f in factor) or factor.dims != coarse.dims:
+        raise ValueError(f"factor must be positive with one entry per axis, got {factor}")
+    if all(f == 1 for f in factor):
+        return read_padded(array, roi, fill)
+    offset = array.roi.offset
+    snapped = roi.shift(-offset).snap_to_grid(coarse, mode="grow").shift(offset)
+    data = read_padded(array, snapped, fill)
+    lead = array.channel_dims
+    for axis, f in enumerate(factor):
+        if f > 1:
+            data = np.repeat(data, f, axis=lead + axis)
+    fine = coarse / factor
+    begin = (roi.begin - snapped.begin) / fine
+    shape = roi.shape / fine
+    spatial = tuple(slice(b, b + s) for b, s in zip(begin, shape, strict=True))
+    return data[(slice(None),) * lead + spatial]
 
 
 def mark_complete(array: Array, complete: bool = True) -> None:
