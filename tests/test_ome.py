@@ -229,24 +229,58 @@ def test_bad_metadata_is_one_clear_line_exit_2(
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
-def test_targets_cli_on_ome_label_image(tmp_path: Path, cells: np.ndarray) -> None:
-    # The issue's example: labels/cells of a 0.5 image in micrometre, scale 0.04/0.008.
+def _check_ome_output(group: Path, scale: list[int], *, label: bool) -> None:
+    """``group`` validates as OME-NGFF 0.5 and ome-zarr-py reads its scale in nm."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    model = ImageLabel if label else Image
+    model.from_zarr(zarr.open_group(group, mode="r"))
+    meta = next(iter(Reader(parse_url(str(group)))())).metadata
+    assert meta["coordinateTransformations"][0][0]["scale"] == scale
+    spatial = [a for a in meta["axes"] if a["type"] == "space"]
+    assert {a["unit"] for a in spatial} == {"nanometer"}
+    attrs = json.loads((group / "zarr.json").read_text())["attributes"]["ome"]
+    assert ("image-label" in attrs) == label
+
+
+def test_commands_run_on_an_ome_label_image(tmp_path: Path, cells: np.ndarray) -> None:
+    # The issue's example: labels/cells of a 0.5 image in micrometre, scale 0.04/0.008;
+    # targets -> segment (the targets are a perfect prediction) -> evaluate, all on it.
     path = write_ome(
         tmp_path / "img.ome.zarr",
         cells.astype(np.uint8),
         scale={"z": 0.04, "y": 0.008, "x": 0.008},
         labels={"cells": cells},
     )
-    out = tmp_path / "out.zarr" / "targets"
-    result = runner.invoke(
-        app, ["targets", str(path / "labels" / "cells" / "s0"), str(out), "-s", "25"]
-    )
+    labels = str(path / "labels" / "cells" / "s0")
+    out = tmp_path / "out.zarr"
+    result = runner.invoke(app, ["targets", labels, str(out / "targets"), "-s", "10"])
     assert result.exit_code == 0, result.output
-    targets = open_volume(out)
+    targets = open_volume(out / "targets")
     assert tuple(targets.voxel_size) == (40, 8, 8)
     values = targets[targets.roi]
     assert values.shape[-3:] == cells.shape
     assert (values[..., cells == 0] <= 0).all() and (values[..., cells != 0] > 0).all()
+    _check_ome_output(out / "targets", [1, 40, 8, 8], label=False)
+
+    result = runner.invoke(app, ["segment", str(out / "targets"), str(out / "seg")])
+    assert result.exit_code == 0, result.output
+    _check_ome_output(out / "seg", [1, 40, 8, 8], label=True)
+    seg = open_volume(out / "seg")
+    found = seg[seg.roi][0]
+    # Same objects as the ground truth, up to renumbering.
+    pairs = {(int(a), int(b)) for a, b in zip(found.ravel(), cells.ravel(), strict=True)}
+    assert (0, 0) in pairs and len(pairs) == 3
+    assert len({a for a, _ in pairs}) == 3 and len({b for _, b in pairs}) == 3
+
+    result = runner.invoke(
+        app, ["evaluate", str(out / "seg"), str(path / "labels" / "cells")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "instances: 2 predicted, 2 in ground truth" in result.output
 
 
 def test_written_metadata_is_valid_and_read_by_ome_zarr_py(tmp_path: Path) -> None:

@@ -466,8 +466,12 @@ class _BlockPredictor:
         self.model = model
         self.normalization = dict(normalization)
         self.raw_path = raw_path
-        self.raw_zarr = _zarr_path(raw_path)
-        self.out_zarr = _zarr_path(out_path)
+        from innerdist.volumes import zarr_array_path
+
+        self.raw_zarr = zarr_array_path(raw)
+        self.out_zarr = zarr_array_path(out)
+        if self.out_zarr is None:
+            raise ValueError(f"output {out_path!r} is not a zarr array on disk")
         self.voxel = Coordinate(raw.voxel_size)
         self.origin = Coordinate(raw.roi.begin)  # world units of raw voxel 0
         self.data_shape = tuple(int(s) for s in raw.roi.shape / self.voxel)
@@ -538,19 +542,6 @@ class _BlockPredictor:
         prediction = _predict_region(runner, read, lo, hi)
         out_lo = [int(b) for b in (write.begin - self.out_roi.begin) / self.voxel]
         out[_box(out_lo, prediction.shape[1:])] = _quantize(prediction, self.dtype)
-
-
-def _zarr_path(path: str | Path) -> str | None:
-    """The directory of a zarr (v2 or v3) array, or ``None`` when it is not one (N5)."""
-    from innerdist.volumes import split_volume_path
-
-    container, dataset = split_volume_path(path)
-    array = container / dataset
-    if str(container).endswith(".n5"):
-        return None
-    if any((array / marker).exists() for marker in ("zarr.json", ".zarray")):
-        return str(array)
-    return None
 
 
 def parse_roi(text: str) -> Roi:
@@ -752,6 +743,7 @@ def predict_volume(
         num_channels=ckpt.predictor.embedding_dims,
         chunk_shape=block,
         attrs=attrs,
+        ome=True,
     )
 
     threads = max(1, _cores() // num_workers)

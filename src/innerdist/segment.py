@@ -55,6 +55,7 @@ All volume coordinates are voxels relative to the prediction's ROI unless named 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import math
@@ -350,7 +351,8 @@ class _Job:
 
     prediction: str
     prediction_is_zarr: bool  # else (N5) it is read through funlib
-    out: str
+    out: str  # the zarr array of level 0
+    user_out: str  # the output path as given (an OME-NGFF image group)
     seeds: str
     fragments: str
     grown: str
@@ -462,6 +464,7 @@ def segment_volume(
         num_channels,
         open_volume,
         split_volume_path,
+        zarr_array_path,
     )
 
     if mode not in ("instances", "threshold"):
@@ -558,10 +561,10 @@ def segment_volume(
         str(out_container / f"{out_dataset}__{name}") for name in ("seeds", "fragments", "grown")
     )
     job = _Job(
-        prediction=str(pred_container / pred_dataset),
-        prediction_is_zarr=not str(pred_container).endswith(".n5")
-        and any((pred_container / pred_dataset / m).exists() for m in ("zarr.json", ".zarray")),
+        prediction=zarr_array_path(source) or str(prediction),
+        prediction_is_zarr=zarr_array_path(source) is not None,
         out=str(out_container / out_dataset),
+        user_out=str(out),
         seeds=seeds_path,
         fragments=fragments_path,
         grown=grown_path,
@@ -607,7 +610,10 @@ def segment_volume(
                 k: description[k] for k in ("mode", "foreground_level", "seed_level", "min_size")
             }
         },
+        ome=True,
+        label=True,
     )
+    job = dataclasses.replace(job, out=zarr_array_path(output) or job.out)
     _forget()
     try:
         if mode == "threshold":
@@ -658,7 +664,7 @@ def _finish(job: _Job, output: Array) -> None:
 
     for path in (job.seeds, job.fragments, job.grown):
         _remove_dataset(path)
-    finish_output(output, job.out)
+    finish_output(output, job.user_out)
 
 
 def _remove_dataset(path: str) -> None:

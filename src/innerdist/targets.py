@@ -138,6 +138,7 @@ def compute_targets(
         num_channels=n_channels,
         chunk_shape=tuple(block_voxels),
         attrs={PREDICTOR_ATTR: predictor.to_dict(), LABELS_ATTR: str(labels)},
+        ome=True,
     )
     saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
     labels_path, out_path = str(labels), str(out)

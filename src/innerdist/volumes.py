@@ -22,16 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
 
 from innerdist.attrs import COMPLETE_ATTR
 from innerdist.n5 import open_n5
-from innerdist.ome import OmeLevel, locate_level
-from innerdist.units import spatial_axis_names
+from innerdist.ome import OmeLevel, locate_level, write_multiscales
+from innerdist.units import NM, PX, spatial_axis_names
 
 __all__ = [
     "COMPLETE_ATTR",
+    "OUTPUT_LEVEL",
     "create_volume",
     "is_complete",
     "mark_complete",
@@ -45,6 +47,8 @@ __all__ = [
     "zarr_array_path",
 ]
 
+#: Name of level 0 in the OME-NGFF images innerdist writes.
+OUTPUT_LEVEL = "s0"
 _CONTAINER_SUFFIXES = (".zarr", ".n5", ".zr", ".ome.zarr")
 
 
@@ -226,13 +230,25 @@ def create_volume(
     chunk_shape: Sequence[int] | None = None,
     overwrite: bool = False,
     attrs: Mapping[str, Any] | None = None,
-    units: str = "nm",
+    units: str = NM,
+    ome: bool = False,
+    label: bool = False,
 ) -> Array:
     """Create an empty zarr dataset covering ``roi`` (world units) and mark it incomplete.
 
     ``num_channels=None`` writes spatial axes only; an integer adds a leading ``c^`` axis.
     ``chunk_shape`` is in voxels, spatial axes only. An existing dataset raises
     :class:`FileExistsError` unless ``overwrite`` is set, in which case it is deleted first.
+    ``units`` is the world unit, ``"nm"`` or ``"px"``.
+
+    ``ome=True`` makes ``path`` an OME-NGFF 0.5 image (``label=True``: a label image)
+    whose level 0 is the returned array, so viewers open it at its physical scale::
+
+        out.zarr/pred             zarr v3 group, "ome": {"multiscales": [...]}
+        out.zarr/pred/s0          the array (funlib attributes, innerdist_complete)
+        out.zarr/pred/s1 ...      pyramid levels (innerdist.pyramid)
+
+    :func:`open_volume` opens such an output by its group path.
     """
     voxel = Coordinate(voxel_size)
     roi = Roi(roi.offset, roi.shape)
@@ -266,11 +282,15 @@ def create_volume(
         axis_names = ["c^", *axis_names]
         types = ["channel", *types]
         chunks = (num_channels, *chunks)
+    if units not in (NM, PX):
+        raise ValueError(f"units must be {NM!r} or {PX!r}, got {units!r}")
     meta = dict(attrs or {})
     meta[COMPLETE_ATTR] = False
     container.mkdir(parents=True, exist_ok=True)
-    return prepare_ds(
-        target,
+    if ome:
+        zarr.open_group(target, mode="w", zarr_format=3)
+    array = prepare_ds(
+        target / OUTPUT_LEVEL if ome else target,
         shape=full_shape,
         offset=roi.offset,
         voxel_size=voxel,
@@ -281,7 +301,19 @@ def create_volume(
         dtype=np.dtype(dtype),
         mode="w",
         custom_metadata=meta,
+        **({"dimension_names": [n.rstrip("^") for n in axis_names]} if ome else {}),
     )
+    if ome:
+        write_multiscales(
+            target,
+            [OUTPUT_LEVEL],
+            [tuple(voxel)],
+            [tuple(roi.offset)],
+            unit=units,
+            num_channels=num_channels,
+            label=label,
+        )
+    return array
 
 
 def zarr_array_path(array: Array) -> str | None:
