@@ -328,7 +328,7 @@ def _array_shape(array_path: Path) -> tuple[int, ...]:
 def multiscales_metadata(
     paths: Sequence[str],
     voxel_sizes: Sequence[Sequence[int]],
-    offsets: Sequence[Sequence[int]],
+    offsets: Sequence[Sequence[float]],
     *,
     unit: str,
     num_channels: int | None,
@@ -361,8 +361,8 @@ def multiscales_metadata(
         {
             "path": p,
             "coordinateTransformations": [
-                {"type": "scale", "scale": lead + [int(v) for v in voxel]},
-                {"type": "translation", "translation": zero + [int(o) for o in offset]},
+                {"type": "scale", "scale": lead + [_number(v) for v in voxel]},
+                {"type": "translation", "translation": zero + [_number(o) for o in offset]},
             ],
         }
         for p, voxel, offset in zip(paths, voxel_sizes, offsets, strict=True)
@@ -370,11 +370,16 @@ def multiscales_metadata(
     return {"name": name, "axes": axes, "datasets": datasets}
 
 
+def _number(value: float) -> int | float:
+    """Whole numbers as ``int`` (JSON ``40``, not ``40.0``), others as they are."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def write_multiscales(
     group: Path,
     paths: Sequence[str],
     voxel_sizes: Sequence[Sequence[int]],
-    offsets: Sequence[Sequence[int]],
+    offsets: Sequence[Sequence[float]],
     *,
     unit: str,
     num_channels: int | None,
