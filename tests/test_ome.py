@@ -326,3 +326,61 @@ def test_level_for_a_plain_array_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="level must be a non-negative integer"):
         locate_level(tmp_path / "plain.zarr", "raw", -1)
     assert locate_level(tmp_path / "plain.zarr", "raw") is None
+
+
+def test_predict_a_time_point_of_an_ome_raw(tmp_path: Path) -> None:
+    from test_predict import NORM, predictor, random_checkpoint, save, unet_2d
+
+    from innerdist.predict import normalize_raw, predict_array
+
+    rng = np.random.default_rng(3)
+    series = rng.integers(0, 256, (3, 37, 45), dtype=np.uint8)  # t, y, x
+    raw = write_ome(
+        tmp_path / "movie.ome.zarr", series, axes="tyx", scale={"y": 0.006, "x": 0.004},
+        levels=1,
+    )
+    ckpt = random_checkpoint(unet_2d(), predictor(), (6, 4), NORM, seed=4)
+    model_path = save(tmp_path, ckpt)
+    expected = predict_array(ckpt.build_model(), normalize_raw(series[1], NORM))
+    out = tmp_path / "out.zarr" / "pred"
+    result = runner.invoke(app, ["predict", model_path, str(raw), str(out)])
+    assert result.exit_code == 2
+    assert "t axis with 3 time points; choose one with --time T" in result.output
+    result = runner.invoke(
+        app, ["predict", model_path, str(raw), str(out), "--time", "1", "--block-shape", "16,16"]
+    )
+    assert result.exit_code == 0, result.output
+    pred = open_volume(out)
+    assert tuple(pred.voxel_size) == (6, 4)
+    np.testing.assert_allclose(pred[pred.roi], expected, atol=1e-5)
+    # Chunks of 16: a pyramid down to one chunk per axis, means of level 0.
+    _check_ome_output(out, [1, 6, 4], label=False)
+    s1 = zarr.open_array(out / "s1")[...]
+    assert s1.shape == (2, 19, 23)
+    np.testing.assert_allclose(s1[:, :18, :22], expected[:, :36:, :44].reshape(2, 18, 2, 22, 2)
+                               .mean(axis=(2, 4)), atol=1e-5)
+
+
+def test_level_and_no_pyramid_options(tmp_path: Path, cells: np.ndarray) -> None:
+    big = np.kron(cells, np.ones((1, 2, 2), dtype=np.uint32))  # (4, 32, 32)
+    path = write_ome(
+        tmp_path / "img.ome.zarr",
+        big.astype(np.uint8),
+        scale={"z": 0.04, "y": 0.004, "x": 0.004},
+        labels={"cells": big},
+    )
+    out = tmp_path / "out.zarr"
+    labels = str(path / "labels" / "cells")
+    result = runner.invoke(
+        app,
+        ["targets", labels, str(out / "t1"), "-s", "10", "--level", "1", "--no-pyramid",
+         "--block-shape", "4,8,8"],
+    )
+    assert result.exit_code == 0, result.output
+    t1 = open_volume(out / "t1")
+    assert tuple(t1.voxel_size) == (40, 8, 8) and t1.shape[-2:] == (16, 16)
+    assert not (out / "t1" / "s1").exists()
+    result = runner.invoke(
+        app, ["targets", labels, str(out / "t9"), "-s", "10", "--level", "9"]
+    )
+    assert result.exit_code == 2 and "level 9 does not exist" in result.output

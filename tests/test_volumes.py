@@ -49,9 +49,13 @@ def test_create_volume_errors(tmp_path):
         create_volume(path, roi=Roi((0, 0), (4, 4)), voxel_size=(1, 1), dtype=np.uint8)
     create_volume(path, roi=Roi((0, 0), (4, 4)), voxel_size=(1, 1), dtype=np.uint8,
                   overwrite=True)
-    with pytest.raises(ValueError, match="not aligned"):
-        create_volume(tmp_path / "w.zarr/x", roi=Roi((1, 0), (4, 4)), voxel_size=(2, 2),
+    with pytest.raises(ValueError, match="not a multiple of the voxel size"):
+        create_volume(tmp_path / "w.zarr/x", roi=Roi((0, 0), (3, 4)), voxel_size=(2, 2),
                       dtype=np.uint8)
+    # An offset off the voxel grid (a coarse OME-NGFF level's) is kept as it is.
+    off = create_volume(tmp_path / "w.zarr/o", roi=Roi((1, 0), (4, 4)), voxel_size=(2, 2),
+                        dtype=np.uint8)
+    assert tuple(open_volume(tmp_path / "w.zarr/o").offset) == (1, 0) and off.shape == (2, 2)
     with pytest.raises(ValueError, match="3 axes but voxel size"):
         create_volume(tmp_path / "w.zarr/x", roi=Roi((0, 0, 0), (4, 4, 4)), voxel_size=(2, 2),
                       dtype=np.uint8)

@@ -457,6 +457,7 @@ class _BlockPredictor:
         raw_path: str,
         out: Array,
         out_path: str,
+        raw_time: int | None = None,
         device: str,
         tile_shape: tuple[int, ...],
         batch_size: int,
@@ -466,6 +467,7 @@ class _BlockPredictor:
         self.model = model
         self.normalization = dict(normalization)
         self.raw_path = raw_path
+        self.raw_time = raw_time
         from innerdist.volumes import zarr_array_path
 
         self.raw_zarr = zarr_array_path(raw)
@@ -507,7 +509,7 @@ class _BlockPredictor:
             else:
                 from innerdist.volumes import open_volume
 
-                raw = open_volume(self.raw_path)
+                raw = open_volume(self.raw_path, time=self.raw_time)
             self._state = (runner, raw, zarr.open_array(self.out_zarr, mode="r+"))
         return self._state
 
@@ -589,6 +591,8 @@ def predict_volume(
     dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    pyramid: bool = True,
+    time: int | None = None,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -623,8 +627,13 @@ def predict_volume(
         Replace an existing output. Without it an existing complete output, or an
         unfinished one of a different job, raises ``FileExistsError``; an unfinished one of
         the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed.
+    time
+        Time point of a raw OME-Zarr image with a ``t`` axis (required there).
+    pyramid
+        Also write the multiscale levels ``s1, s2, ...`` (mean; :mod:`innerdist.pyramid`).
 
-    Returns the output path. The output covers the ROI with the raw's voxel size, has shape
+    Returns the output path, an OME-NGFF image with the prediction as level ``s0``. The
+    output covers the ROI with the raw's voxel size, has shape
     ``(C, *spatial)`` (axis ``c^``, one channel per predictor channel) and carries the
     predictor config (``innerdist_predictor``) and the checkpoint's post-processing
     parameters (``innerdist_postprocessing``, when it has them). It is marked complete only
@@ -658,7 +667,7 @@ def predict_volume(
         )
 
     ckpt = load_checkpoint(checkpoint)
-    raw_array = open_volume(raw)
+    raw_array = open_volume(raw, time=time)
     unet = ckpt.architecture
     dims = unet.dims
     if raw_array.spatial_dims != dims:
@@ -722,6 +731,7 @@ def predict_volume(
         "iteration": ckpt.iteration,
         "weights_sha256": ckpt.weights_hash(),
         "raw": str(raw_container.resolve() / raw_dataset),
+        **({"time": time} if time is not None else {}),
         "roi": [list(roi.offset), list(roi.shape)],
         "dtype": dtype,
         "block_shape": list(block),
@@ -752,6 +762,7 @@ def predict_volume(
         ckpt.normalization,
         raw=raw_array,
         raw_path=str(raw),
+        raw_time=time,
         out=output,
         out_path=str(out),
         device=str(resolved_device),
@@ -782,5 +793,12 @@ def predict_volume(
         raise
     finally:
         torch.set_num_threads(threads_before)
+    if pyramid:
+        from innerdist.pyramid import write_pyramid
+
+        write_pyramid(
+            out, reduction="mean", tracking_dir=tracking_dir_for(out) / "pyramid",
+            progress=progress,
+        )
     finish_output(output, out)
     return str(out)

@@ -417,6 +417,7 @@ def segment_volume(
     max_watershed_voxels: int = DEFAULT_MAX_WATERSHED_VOXELS,
     fallback_context: Sequence[int] | None = None,
     progress: bool = True,
+    pyramid: bool = True,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -457,6 +458,9 @@ def segment_volume(
         Context (voxels per axis) of the fallback; default half a block.
     progress:
         Show progress bars.
+    pyramid:
+        Also write the multiscale levels ``s1, s2, ...`` (most frequent id per window:
+        :mod:`innerdist.pyramid`). The output is an OME-NGFF label image (level ``s0``).
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
     from innerdist.volumes import (
@@ -622,7 +626,7 @@ def segment_volume(
             _segment_instances(job, source, resuming=resuming, num_workers=num_workers)
     finally:
         _forget()
-    _finish(job, output)
+    _finish(job, output, pyramid=pyramid, num_workers=num_workers)
     return str(out)
 
 
@@ -659,11 +663,21 @@ def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_wo
     )
 
 
-def _finish(job: _Job, output: Array) -> None:
+def _finish(job: _Job, output: Array, *, pyramid: bool, num_workers: int) -> None:
     from innerdist.blockwise import finish_output
 
     for path in (job.seeds, job.fragments, job.grown):
         _remove_dataset(path)
+    if pyramid:
+        from innerdist.pyramid import write_pyramid
+
+        write_pyramid(
+            job.user_out,
+            reduction="mode",
+            tracking_dir=Path(job.tracking) / "pyramid",
+            num_workers=num_workers,
+            progress=job.progress,
+        )
     finish_output(output, job.user_out)
 
 

@@ -30,7 +30,7 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
 from innerdist.attrs import SOURCE_ATTR
-from innerdist.units import OME_LENGTH_UNITS, PX, canonical_unit
+from innerdist.units import NM, OME_LENGTH_UNITS, PX, canonical_unit
 from innerdist.volumes import create_volume, mark_complete, split_volume_path
 
 __all__ = ["SUPPORTED_DTYPES", "import_tiff", "tiff_axes", "tiff_voxel_size"]
@@ -288,6 +288,7 @@ def import_tiff(
     axes: str | None = None,
     chunk_shape: Sequence[int] | None = None,
     overwrite: bool = False,
+    unit: str | None = None,
 ) -> Array:
     """Copy a TIFF image/stack into the zarr volume ``out`` (``container.zarr/dataset``).
 
@@ -313,10 +314,22 @@ def import_tiff(
     overwrite
         Replace an existing output; otherwise an existing output raises
         :class:`FileExistsError`.
+    unit
+        World unit of ``voxel_size`` and ``offset``: ``"nm"`` (default) or ``"px"`` for
+        data without a physical calibration (then ``voxel_size`` is required, e.g.
+        ``(1, 1)``).
 
     Returns the written volume, opened, with the channel axis (if any) first as ``c^``.
     """
     path = _existing_file(tiff_path)
+    world = NM if unit is None else canonical_unit(unit)
+    if world not in (PX, "nanometer"):
+        raise ValueError(
+            f"unit must be nm or px, got {unit!r} (give the voxel size in nm instead)"
+        )
+    world = NM if world == "nanometer" else PX
+    if world == PX and voxel_size is None:
+        raise ValueError("unit px needs the voxel size in pixels, e.g. --voxel-size 1,1")
     container, dataset = split_volume_path(out)
     target = container / dataset
     if target.exists() and not overwrite:
@@ -378,6 +391,7 @@ def import_tiff(
             chunk_shape=chunks,
             overwrite=overwrite,
             attrs={SOURCE_ATTR: str(path.resolve())},
+            units=world,
         )
         with _lazy_pixels(tif, path, shape) as pixels:
             _copy_in_slabs(pixels, array, ax, order, spatial_shape, dtype)

@@ -28,7 +28,7 @@ from funlib.persistence import Array, open_ds, prepare_ds
 
 from innerdist.attrs import COMPLETE_ATTR
 from innerdist.n5 import open_n5
-from innerdist.ome import OmeLevel, locate_level, write_multiscales
+from innerdist.ome import OmeLevel, is_multiscale_group, locate_level, write_multiscales
 from innerdist.units import NM, PX, spatial_axis_names
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "OUTPUT_LEVEL",
     "create_volume",
     "is_complete",
+    "level_path",
     "mark_complete",
     "num_channels",
     "open_volume",
@@ -55,6 +56,9 @@ _CONTAINER_SUFFIXES = (".zarr", ".n5", ".zr", ".ome.zarr")
 def split_volume_path(path: str | Path) -> tuple[Path, str]:
     """Split ``container.zarr/dataset/path`` into the container and the dataset name.
 
+    A container that is itself an OME-NGFF image (``img.ome.zarr``) is its own volume,
+    with dataset ``""``.
+
     >>> split_volume_path("data/cells.zarr/volumes/raw")
     (PosixPath('data/cells.zarr'), 'volumes/raw')
     """
@@ -63,6 +67,8 @@ def split_volume_path(path: str | Path) -> tuple[Path, str]:
         if part.endswith(_CONTAINER_SUFFIXES):
             container = Path(*parts[: i + 1])
             dataset = "/".join(parts[i + 1 :])
+            if not dataset and is_multiscale_group(container):
+                return container, ""
             if not dataset:
                 raise ValueError(
                     f"volume path {str(path)!r} names a container but no dataset inside it; "
@@ -116,17 +122,6 @@ def _list_datasets(container: Path) -> list[str]:
     return sorted(set(found))
 
 
-def _split_allowing_container(path: str | Path) -> tuple[Path, str]:
-    """Like :func:`split_volume_path`, but ``img.ome.zarr`` alone gives dataset ``""``."""
-    try:
-        return split_volume_path(path)
-    except ValueError:
-        parts = Path(path).parts
-        if parts and parts[-1].endswith(_CONTAINER_SUFFIXES):
-            return Path(path), ""
-        raise
-
-
 def open_volume(
     path: str | Path, mode: str = "r", *, level: int | None = None, time: int | None = None
 ) -> Array:
@@ -141,7 +136,7 @@ def open_volume(
     the container or the dataset (and listing the datasets that do exist) when either is
     missing, ``ValueError`` for metadata innerdist cannot use.
     """
-    container, dataset = _split_allowing_container(path)
+    container, dataset = split_volume_path(path)
     if not container.exists():
         raise FileNotFoundError(f"no container at {str(container)!r} (from {str(path)!r})")
     if dataset and not (container / dataset).exists():
@@ -157,13 +152,9 @@ def open_volume(
     if str(container).endswith(".n5") or (container / dataset / "attributes.json").exists():
         if level is not None or time is not None:
             raise ValueError(f"--level/--time apply to OME-Zarr images, not the N5 {str(path)!r}")
-        if not dataset:
-            split_volume_path(path)  # raises: a container without a dataset
         return open_n5(container, dataset)
     found = locate_level(container, dataset, level)
     if found is None:
-        if not dataset:
-            split_volume_path(path)  # raises: a container without a dataset
         if time is not None:
             raise ValueError(f"a time point ({time}) was given but {str(path)!r} has no t axis")
         try:
@@ -256,11 +247,18 @@ def create_volume(
         raise ValueError(f"roi {roi} has {roi.dims} axes but voxel size {voxel} has {voxel.dims}")
     if any(v <= 0 for v in voxel):
         raise ValueError(f"voxel size must be positive, got {voxel}")
-    if roi.empty or not (roi.offset % voxel == Coordinate((0,) * voxel.dims)) or not (
-        roi.shape % voxel == Coordinate((0,) * voxel.dims)
-    ):
-        raise ValueError(f"roi {roi} is empty or not aligned to the voxel size {voxel}")
+    # The offset need not be a multiple of the voxel size: OME-NGFF pyramid levels sit
+    # half a fine voxel off the grid of level 0, and outputs keep their input's geometry.
+    if roi.empty or not roi.shape % voxel == Coordinate((0,) * voxel.dims):
+        raise ValueError(
+            f"roi {roi} is empty or its shape is not a multiple of the voxel size {voxel}"
+        )
     container, dataset = split_volume_path(path)
+    if not dataset:
+        raise ValueError(
+            f"output {str(path)!r} names the OME-NGFF image container itself; write into "
+            f"it instead, e.g. {str(container / 'labels' / 'cells')!r}"
+        )
     target = container / dataset
     if target.exists():
         if not overwrite:
@@ -314,6 +312,23 @@ def create_volume(
             label=label,
         )
     return array
+
+
+def level_path(path: str | Path, level: int | None) -> str:
+    """The path of level ``level`` of the OME-NGFF image ``path`` (``path`` if ``None``).
+
+    ``level_path("img.ome.zarr", 1)`` is ``"img.ome.zarr/s1"`` for ome-zarr-py's level
+    names; what the command-line option ``--level`` does to an input.
+    """
+    if level is None:
+        return str(path)
+    container, dataset = split_volume_path(path)
+    if not (container / dataset).exists():
+        return str(path)  # open_volume names what is missing
+    found = locate_level(container, dataset, level)
+    if found is None:  # pragma: no cover - locate_level raises when a level is given
+        raise ValueError(f"{str(path)!r} is not an OME-NGFF multiscale image")
+    return str(found.array_path)
 
 
 def zarr_array_path(array: Array) -> str | None:
