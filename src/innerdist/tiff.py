@@ -322,12 +322,12 @@ def import_tiff(
     Returns the written volume, opened, with the channel axis (if any) first as ``c^``.
     """
     path = _existing_file(tiff_path)
-    world = NM if unit is None else canonical_unit(unit)
-    if world not in (PX, "nanometer"):
+    name = "nanometer" if unit is None else canonical_unit(unit)
+    if name not in (PX, "nanometer"):
         raise ValueError(
             f"unit must be nm or px, got {unit!r} (give the voxel size in nm instead)"
         )
-    world = NM if world == "nanometer" else PX
+    world = PX if name == PX else NM
     if world == PX and voxel_size is None:
         raise ValueError("unit px needs the voxel size in pixels, e.g. --voxel-size 1,1")
     container, dataset = split_volume_path(out)
