@@ -384,3 +384,40 @@ def test_level_and_no_pyramid_options(tmp_path: Path, cells: np.ndarray) -> None
         app, ["targets", labels, str(out / "t9"), "-s", "10", "--level", "9"]
     )
     assert result.exit_code == 2 and "level 9 does not exist" in result.output
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_segmentation_goes_under_labels_of_an_image(
+    tmp_path: Path, cells: np.ndarray, version: str
+) -> None:
+    path = write_ome(
+        tmp_path / "img.ome.zarr",
+        cells.astype(np.uint8) * 50,
+        version=version,
+        scale={"z": 0.04, "y": 0.008, "x": 0.008},
+        labels={"cells": cells},
+    )
+    out = tmp_path / "out.zarr" / "targets"
+    args = ["targets", str(path / "labels" / "cells"), str(out), "-s", "10", "--no-pyramid"]
+    assert runner.invoke(app, args).exit_code == 0
+    root_meta = (path / ("zarr.json" if version == "0.5" else ".zattrs")).read_text()
+    image = np.asarray(zarr.open_array(path / "s0")[...])
+    result = runner.invoke(app, ["segment", str(out), str(path / "seg")])
+    if version == "0.4":
+        assert result.exit_code == 2
+        assert "is an OME-NGFF 0.4 (zarr v2) image" in result.output
+        assert not (path / "labels" / "seg").exists()
+        return
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(str(path / "labels" / "seg"))
+    labels_meta = json.loads((path / "labels" / "zarr.json").read_text())["attributes"]["ome"]
+    assert labels_meta["labels"] == ["cells", "seg"]
+    _check_ome_output(path / "labels" / "seg", [1, 40, 8, 8], label=True)
+    # The image itself is untouched.
+    assert (path / "zarr.json").read_text() == root_meta
+    np.testing.assert_array_equal(zarr.open_array(path / "s0")[...], image)
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    names = [str(n.zarr.path) for n in Reader(parse_url(str(path)))()]
+    assert any(n.rstrip("/").endswith("labels/seg") for n in names), names

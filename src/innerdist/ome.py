@@ -33,6 +33,8 @@ __all__ = [
     "is_multiscale_group",
     "locate_level",
     "multiscale_attrs",
+    "multiscales_metadata",
+    "register_label",
     "write_multiscales",
 ]
 
@@ -406,3 +408,23 @@ def write_multiscales(
         ome["image-label"] = {"version": "0.5"}
     node = zarr.open_group(group, mode="a", zarr_format=3)
     node.attrs["ome"] = ome
+
+
+def register_label(image: Path, name: str) -> None:
+    """List ``name`` in the ``labels`` group of the 0.5 image ``image`` (created if needed).
+
+    Only ``image/labels`` is written; the image's own metadata and arrays stay untouched.
+    """
+    import zarr
+    from ome_zarr_models.v05.labels import LabelsAttrs
+
+    labels = zarr.open_group(image / "labels", mode="a", zarr_format=3)
+    stored = labels.attrs.get("ome")
+    ome: dict[str, Any] = dict(stored) if isinstance(stored, dict) else {}
+    listed = ome.get("labels")
+    names = [str(n) for n in listed] if isinstance(listed, list) else []
+    if name not in names:
+        names.append(name)
+    ome.update({"version": "0.5", "labels": names})
+    LabelsAttrs.model_validate(ome)
+    labels.attrs["ome"] = ome

@@ -465,6 +465,7 @@ def segment_volume(
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
     from innerdist.volumes import (
         is_complete,
+        label_output_path,
         num_channels,
         open_volume,
         split_volume_path,
@@ -473,6 +474,7 @@ def segment_volume(
 
     if mode not in ("instances", "threshold"):
         raise ValueError(f"mode must be 'instances' or 'threshold', got {mode!r}")
+    out = label_output_path(out)
     if (
         isinstance(num_workers, bool)
         or not isinstance(num_workers, (int, np.integer))

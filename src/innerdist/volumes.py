@@ -28,7 +28,14 @@ from funlib.persistence import Array, open_ds, prepare_ds
 
 from innerdist.attrs import COMPLETE_ATTR
 from innerdist.n5 import open_n5
-from innerdist.ome import OmeLevel, is_multiscale_group, locate_level, write_multiscales
+from innerdist.ome import (
+    OmeLevel,
+    is_multiscale_group,
+    locate_level,
+    multiscale_attrs,
+    register_label,
+    write_multiscales,
+)
 from innerdist.units import NM, PX, spatial_axis_names
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "OUTPUT_LEVEL",
     "create_volume",
     "is_complete",
+    "label_output_path",
     "level_path",
     "mark_complete",
     "num_channels",
@@ -282,6 +290,7 @@ def create_volume(
         chunks = (num_channels, *chunks)
     if units not in (NM, PX):
         raise ValueError(f"units must be {NM!r} or {PX!r}, got {units!r}")
+    image = _image_of_label(target) if ome and label else None
     meta = dict(attrs or {})
     meta[COMPLETE_ATTR] = False
     container.mkdir(parents=True, exist_ok=True)
@@ -311,7 +320,35 @@ def create_volume(
             num_channels=num_channels,
             label=label,
         )
+    if image is not None:
+        register_label(image, target.name)
     return array
+
+
+def _image_of_label(target: Path) -> Path | None:
+    """The OME-NGFF image a label output ``image/labels/NAME`` belongs to, if any."""
+    image = target.parent.parent
+    if target.parent.name != "labels" or not is_multiscale_group(image):
+        return None
+    found = multiscale_attrs(image)
+    if found is not None and found[0] != "0.5":
+        raise ValueError(
+            f"{str(image)!r} is an OME-NGFF {found[0]} (zarr v2) image; innerdist writes "
+            "0.5 (zarr v3) label images, so write the segmentation into another container"
+        )
+    return image
+
+
+def label_output_path(path: str | Path) -> str:
+    """Where a segmentation output goes: under ``labels/`` of an OME-NGFF image container.
+
+    ``img.ome.zarr/seg`` -> ``img.ome.zarr/labels/seg`` when ``img.ome.zarr`` is an image
+    (as the specification places label images); any other path is kept.
+    """
+    container, dataset = split_volume_path(path)
+    if dataset and not dataset.startswith("labels/") and is_multiscale_group(container):
+        return str(container / "labels" / dataset)
+    return str(path)
 
 
 def level_path(path: str | Path, level: int | None) -> str:
