@@ -538,7 +538,11 @@ def test_bad_indices(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("attrs", "match"),
     [
-        ({"resolution": [4.5, 4]}, r"voxel size \[4.0, 4.5\] .* is not integer"),
+        ({"resolution": [4.5, 4]}, r"voxel size \[4.0, 4.5\] nm is not a whole number of nm"),
+        (
+            {"pixelResolution": {"dimensions": [4, 4], "unit": "furlong"}},
+            "unit 'furlong' is not a length unit",
+        ),
         ({"resolution": [4, 0]}, "must be positive"),
         ({"resolution": [4, 4, 4]}, "has 2 axes but a voxel size with 3 entries"),
         ({"resolution": "4,4"}, "resolution of .* must be a list of numbers"),
@@ -552,3 +556,13 @@ def test_bad_world_metadata(tmp_path: Path, attrs: dict[str, Any], match: str) -
     _dataset(tmp_path, **attrs)
     with pytest.raises(ValueError, match=match):
         open_n5(tmp_path / "c.n5", "d")
+
+
+def test_pixel_resolution_in_pixels_and_angstrom(tmp_path: Path) -> None:
+    # BigDataViewer writes "pixel" for uncalibrated data: the volume is then in px.
+    _dataset(tmp_path, pixelResolution={"dimensions": [1, 2], "unit": "pixel"})
+    array = open_n5(tmp_path / "c.n5", "d")
+    assert tuple(array.voxel_size) == (2, 1) and array.units == ["px", "px"]
+    _dataset(tmp_path, pixelResolution={"dimensions": [40, 80], "unit": "Å"}, offset=[80, 0])
+    array = open_n5(tmp_path / "c.n5", "d")
+    assert tuple(array.voxel_size) == (8, 4) and tuple(array.offset) == (0, 8)

@@ -424,3 +424,40 @@ def test_cli_import_tiff_missing_file_and_existing_output(tmp_path: Path) -> Non
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "already exists; pass --overwrite" in result.stderr
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_cli_import_tiff_in_pixels(tmp_path: Path) -> None:
+    # Light microscopy without a calibration: the volume says px, not nm.
+    data = _data((6, 7))
+    tifffile.imwrite(tmp_path / "a.tif", data, metadata=None)
+    out = str(tmp_path / "o.zarr" / "raw")
+    args = ["import-tiff", str(tmp_path / "a.tif"), out, "--voxel-size", "1,1", "--unit", "px"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "voxel size (1, 1) px, offset (0, 0) px" in result.stdout
+    array = open_volume(out)
+    assert list(array.units) == ["px", "px"]
+    np.testing.assert_array_equal(_read(out), data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"unit": "px"}, "unit px needs the voxel size in pixels"),
+        ({"unit": "um", "voxel_size": (1, 1)}, "unit must be nm or px, got 'um'"),
+        ({"unit": "parsnip", "voxel_size": (1, 1)}, "'parsnip' is not a length unit"),
+    ],
+)
+def test_import_tiff_bad_unit(tmp_path: Path, kwargs: dict, message: str) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", _data((3, 3)), metadata=None)
+    with pytest.raises(ValueError, match=message):
+        import_tiff(tmp_path / "a.tif", tmp_path / "o.zarr" / "raw", **kwargs)
+
+
+def test_imagej_unit_pixel_is_uncalibrated_and_micron_converts(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "p.tif", _data((4, 4)), imagej=True, resolution=(1, 1),
+                     metadata={"unit": "pixel"})
+    assert tiff_voxel_size(tmp_path / "p.tif") is None
+    tifffile.imwrite(tmp_path / "m.tif", _data((4, 4)), imagej=True,
+                     resolution=(1 / 0.25, 1 / 0.125), metadata={"unit": "micron"})
+    assert tiff_voxel_size(tmp_path / "m.tif") == (125, 250)

@@ -40,8 +40,8 @@ from daisy import logging as daisy_logging
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
+from innerdist.attrs import COMPLETE_ATTR, JOB_ATTR
 from innerdist.volumes import (
-    COMPLETE_ATTR,
     create_volume,
     is_complete,
     mark_complete,
@@ -58,8 +58,6 @@ __all__ = [
     "run_blockwise",
     "tracking_dir_for",
 ]
-
-JOB_ATTR = "innerdist_job"
 
 logger = logging.getLogger(__name__)
 

@@ -87,6 +87,16 @@ Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker pro
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of failing.")
 ]
+Level = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="Level of an OME-Zarr multiscale input (default 0; or name it: img/s1)."
+    ),
+]
+NoPyramid = Annotated[
+    bool,
+    typer.Option("--no-pyramid", help="Write level s0 only, no multiscale pyramid."),
+]
 
 
 @app.command()
@@ -106,21 +116,25 @@ def targets(
         typer.Option(help="Write block shape in voxels, comma separated (default: 64 per axis)."),
     ] = None,
     workers: Workers = 1,
+    level: Level = None,
+    no_pyramid: NoPyramid = False,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
     """Compute inner-distance targets of a label volume blockwise (resumable)."""
     _setup_logging(verbose)
     from innerdist.targets import compute_targets
+    from innerdist.volumes import level_path
 
     result = compute_targets(
-        labels,
+        level_path(labels, level),
         out,
         scale_factor=scale_factor,
         channels=channels,
         block_shape=_parse_shape(block_shape),
         num_workers=workers,
         overwrite=overwrite,
+        pyramid=not no_pyramid,
     )
     typer.echo(f"wrote {result}")
 
@@ -219,6 +233,12 @@ def predict(
         str,
         typer.Option(help="Output dtype: float32, float16 or uint8 (quantized to [0, 1])."),
     ] = "float32",
+    level: Level = None,
+    time: Annotated[
+        int | None,
+        typer.Option(min=0, help="Time point of an OME-Zarr raw with a t axis (0-based)."),
+    ] = None,
+    no_pyramid: NoPyramid = False,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -226,10 +246,11 @@ def predict(
     command again after an interruption)."""
     _setup_logging(verbose)
     from innerdist.predict import parse_roi, predict_volume
+    from innerdist.volumes import level_path
 
     result = predict_volume(
         checkpoint,
-        raw,
+        level_path(raw, level),
         out,
         roi=parse_roi(roi) if roi is not None else None,
         num_workers=workers,
@@ -238,6 +259,8 @@ def predict(
         batch_size=batch_size,
         dtype=dtype,
         overwrite=overwrite,
+        time=time,
+        pyramid=not no_pyramid,
     )
     typer.echo(f"wrote {result}")
 
@@ -290,6 +313,7 @@ def segment(
         ),
     ] = 2**24,
     workers: Workers = 1,
+    no_pyramid: NoPyramid = False,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -309,6 +333,7 @@ def segment(
         num_workers=workers,
         overwrite=overwrite,
         max_watershed_voxels=max_watershed_voxels,
+        pyramid=not no_pyramid,
     )
     typer.echo(f"wrote {result}")
 
@@ -358,10 +383,18 @@ def import_tiff(
     chunk_shape: Annotated[
         str | None, typer.Option(help="Output chunk shape in voxels (default 64 per axis).")
     ] = None,
+    unit: Annotated[
+        str | None,
+        typer.Option(
+            help="World unit of --voxel-size/--offset: nm (default) or px for data "
+            "without a physical calibration (e.g. --voxel-size 1,1 --unit px)."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Copy a TIFF into a zarr volume with voxel size and offset, streaming slab by slab."""
     from innerdist.tiff import import_tiff as run_import
+    from innerdist.units import world_unit
 
     def ints(option: str, text: str | None, *, positive: bool) -> tuple[int, ...] | None:
         if text is None:
@@ -382,11 +415,13 @@ def import_tiff(
         axes=axes,
         chunk_shape=ints("--chunk-shape", chunk_shape, positive=True),
         overwrite=overwrite,
+        unit=unit,
     )
+    world = world_unit(array.units)
     typer.echo(
         f"wrote {out}: axes {','.join(array.axis_names)}, shape {tuple(array.shape)}, "
-        f"{array.dtype}, voxel size {tuple(array.voxel_size)} nm, "
-        f"offset {tuple(array.offset)} nm"
+        f"{array.dtype}, voxel size {tuple(array.voxel_size)} {world}, "
+        f"offset {tuple(array.offset)} {world}"
     )
 
 

@@ -48,10 +48,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import numpy as np
 import torch
-import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -61,6 +59,8 @@ from innerdist.augment import AugmentConfig, required_margin
 from innerdist.augment import augment as augment_crop
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.volumes import num_channels, open_volume
+from innerdist.volumes import read as _read
+from innerdist.volumes import read_upsampled as _read_upsampled
 
 __all__ = [
     "Crop",
@@ -160,26 +160,6 @@ class OpenedSource:
     def num_raw_channels(self) -> int:
         """Channels of raw (1 when it has no channel axis)."""
         return num_channels(self.raw) or 1
-
-
-def _read(array: Array, roi: Roi) -> np.ndarray:
-    """``array[roi]`` as numpy (``roi`` inside the array, on its grid).
-
-    A plain zarr-backed array is sliced directly: funlib goes through a dask graph, which
-    costs about as much again as reading the chunks. Anything else (lazy ops, N5, numpy)
-    goes through funlib, computed in the calling thread: dask's default thread pool does
-    not survive a fork, so a forked loader worker would wait forever on the parent's pool.
-    """
-    source = array._source_data
-    if not array.lazy_ops and isinstance(source, zarr.Array):
-        voxel = Coordinate(array.voxel_size)
-        begin = (roi.begin - array.roi.begin) / voxel
-        end = (roi.end - array.roi.begin) / voxel
-        channels = (slice(None),) * array.channel_dims
-        index = channels + tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
-        return np.asarray(source[index])
-    with dask.config.set(scheduler="synchronous"):
-        return np.asarray(array[roi])
 
 
 def _grid_offset_ok(offset: Coordinate, reference: Coordinate, voxel: Coordinate) -> bool:
@@ -367,43 +347,6 @@ def _open_source(source: VolumeSource, channels: list[str]) -> OpenedSource:
         upsample=labels_voxel / voxel,
         roi=roi,
     )
-
-
-def _read_padded(array: Array, roi: Roi, fill: str) -> np.ndarray:
-    """Read ``roi`` (on ``array``'s grid, may leave its ROI): ``fill`` "zero" or "edge"."""
-    voxel = Coordinate(array.voxel_size)
-    shape = roi.shape / voxel
-    inside = roi.intersect(array.roi)
-    channel_shape = tuple(array.shape[: array.channel_dims])
-    if inside.empty:
-        # Only masks (and raw, for context) can lie fully outside; labels never do.
-        return np.zeros((*channel_shape, *shape), dtype=array.dtype)
-    data = _read(array, inside)
-    before = (inside.begin - roi.begin) / voxel
-    after = (roi.end - inside.end) / voxel
-    if not any(before) and not any(after):
-        return data
-    pad = [(0, 0)] * len(channel_shape) + list(zip(before, after, strict=True))
-    if fill == "edge":
-        return np.pad(data, pad, mode="edge")
-    return np.pad(data, pad, mode="constant")
-
-
-def _read_upsampled(array: Array, roi: Roi, factor: Coordinate, fill: str) -> np.ndarray:
-    """Read ``roi`` (on the finer grid, ``array.voxel_size / factor``) by nearest neighbour."""
-    coarse = Coordinate(array.voxel_size)
-    if all(f == 1 for f in factor):
-        return _read_padded(array, roi, fill)
-    offset = array.roi.offset
-    snapped = roi.shift(-offset).snap_to_grid(coarse, mode="grow").shift(offset)
-    data = _read_padded(array, snapped, fill)
-    for axis, f in enumerate(factor):
-        if f > 1:
-            data = np.repeat(data, f, axis=axis)
-    fine = coarse / factor
-    begin = (roi.begin - snapped.begin) / fine
-    shape = roi.shape / fine
-    return data[tuple(slice(b, b + s) for b, s in zip(begin, shape, strict=True))]
 
 
 def _normalizer(normalization: Mapping[str, float] | None) -> tuple[str, float, float]:

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from funlib.persistence import Array
 
-from innerdist.volumes import spatial_axis_names
+from innerdist.units import spatial_axis_names, to_world
 
 __all__ = ["N5Array", "open_n5"]
 
@@ -51,23 +51,6 @@ _DTYPES = {
         "float64",
     )
 }
-# World-unit factors to nm for the units N5 writers use in `pixelResolution`.
-_TO_NM = {
-    "nm": 1.0,
-    "nanometer": 1.0,
-    "nanometers": 1.0,
-    "um": 1e3,
-    "µm": 1e3,
-    "μm": 1e3,
-    "micrometer": 1e3,
-    "micrometers": 1e3,
-    "micron": 1e3,
-    "microns": 1e3,
-    "mm": 1e6,
-    "millimeter": 1e6,
-}
-
-
 def _read_attributes(path: Path) -> dict[str, Any]:
     try:
         attrs = json.loads(path.read_text())
@@ -379,8 +362,8 @@ def _world_metadata(
         if isinstance(attrs.get("units"), list):
             units = [str(u) for u in attrs["units"]]
     else:
-        # N5 conventions, x first.
-        factor = 1.0
+        # N5 conventions, x first; plain `resolution` is in nm (CREMI, gunpowder).
+        unit: Any = "nm"
         if "resolution" in attrs:
             resolution = _number_list(attrs["resolution"], "resolution", path)
         elif "pixelResolution" in attrs:
@@ -391,15 +374,16 @@ def _world_metadata(
                     f"'dimensions' (and 'unit'), got {pixel!r}"
                 )
             resolution = _number_list(pixel["dimensions"], "pixelResolution", path)
-            unit = str(pixel.get("unit", "nm"))
-            factor = _TO_NM.get(unit, 1.0)
-            units = ["nm" if unit in _TO_NM else unit] * len(resolution)
+            unit = pixel.get("unit", "nm")
         else:
             resolution = [1.0] * min(ndim, 3)
-        voxel = _integer_world([r * factor for r in reversed(resolution)], "voxel size", path)
+        where = f"N5 dataset {str(path)!r}"
+        voxel_t, world = to_world(reversed(resolution), unit, f"{where}: voxel size")
+        voxel = list(voxel_t)
+        units = [world] * len(voxel)
         if "offset" in attrs:
             values = _number_list(attrs["offset"], "offset", path)
-            offset = _integer_world([v * factor for v in reversed(values)], "offset", path)
+            offset = list(to_world(reversed(values), unit, f"{where}: offset")[0])
     dims = len(voxel)
     if not 1 <= dims <= ndim:
         raise ValueError(

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR
 from innerdist.checkpoint import check_normalization
 
 if TYPE_CHECKING:
@@ -61,9 +62,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
-QUANTIZATION_ATTR = "innerdist_quantization"
-POSTPROCESSING_ATTR = "innerdist_postprocessing"
-PREDICTOR_ATTR = "innerdist_predictor"
 
 # value = stored * scale + offset. Inner-distance predictions live in [0, 1); uint8 spends its
 # 256 levels there (values outside are clipped), float16 keeps the value itself.
@@ -459,6 +457,7 @@ class _BlockPredictor:
         raw_path: str,
         out: Array,
         out_path: str,
+        raw_time: int | None = None,
         device: str,
         tile_shape: tuple[int, ...],
         batch_size: int,
@@ -468,8 +467,13 @@ class _BlockPredictor:
         self.model = model
         self.normalization = dict(normalization)
         self.raw_path = raw_path
-        self.raw_zarr = _zarr_path(raw_path)
-        self.out_zarr = _zarr_path(out_path)
+        self.raw_time = raw_time
+        from innerdist.volumes import zarr_array_path
+
+        self.raw_zarr = zarr_array_path(raw)
+        self.out_zarr = zarr_array_path(out)
+        if self.out_zarr is None:
+            raise ValueError(f"output {out_path!r} is not a zarr array on disk")
         self.voxel = Coordinate(raw.voxel_size)
         self.origin = Coordinate(raw.roi.begin)  # world units of raw voxel 0
         self.data_shape = tuple(int(s) for s in raw.roi.shape / self.voxel)
@@ -505,7 +509,7 @@ class _BlockPredictor:
             else:
                 from innerdist.volumes import open_volume
 
-                raw = open_volume(self.raw_path)
+                raw = open_volume(self.raw_path, time=self.raw_time)
             self._state = (runner, raw, zarr.open_array(self.out_zarr, mode="r+"))
         return self._state
 
@@ -540,19 +544,6 @@ class _BlockPredictor:
         prediction = _predict_region(runner, read, lo, hi)
         out_lo = [int(b) for b in (write.begin - self.out_roi.begin) / self.voxel]
         out[_box(out_lo, prediction.shape[1:])] = _quantize(prediction, self.dtype)
-
-
-def _zarr_path(path: str | Path) -> str | None:
-    """The directory of a zarr (v2 or v3) array, or ``None`` when it is not one (N5)."""
-    from innerdist.volumes import split_volume_path
-
-    container, dataset = split_volume_path(path)
-    array = container / dataset
-    if str(container).endswith(".n5"):
-        return None
-    if any((array / marker).exists() for marker in ("zarr.json", ".zarray")):
-        return str(array)
-    return None
 
 
 def parse_roi(text: str) -> Roi:
@@ -600,6 +591,8 @@ def predict_volume(
     dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    pyramid: bool = True,
+    time: int | None = None,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -634,8 +627,13 @@ def predict_volume(
         Replace an existing output. Without it an existing complete output, or an
         unfinished one of a different job, raises ``FileExistsError``; an unfinished one of
         the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed.
+    time
+        Time point of a raw OME-Zarr image with a ``t`` axis (required there).
+    pyramid
+        Also write the multiscale levels ``s1, s2, ...`` (mean; :mod:`innerdist.pyramid`).
 
-    Returns the output path. The output covers the ROI with the raw's voxel size, has shape
+    Returns the output path, an OME-NGFF image with the prediction as level ``s0``. The
+    output covers the ROI with the raw's voxel size, has shape
     ``(C, *spatial)`` (axis ``c^``, one channel per predictor channel) and carries the
     predictor config (``innerdist_predictor``) and the checkpoint's post-processing
     parameters (``innerdist_postprocessing``, when it has them). It is marked complete only
@@ -669,7 +667,7 @@ def predict_volume(
         )
 
     ckpt = load_checkpoint(checkpoint)
-    raw_array = open_volume(raw)
+    raw_array = open_volume(raw, time=time)
     unet = ckpt.architecture
     dims = unet.dims
     if raw_array.spatial_dims != dims:
@@ -733,6 +731,7 @@ def predict_volume(
         "iteration": ckpt.iteration,
         "weights_sha256": ckpt.weights_hash(),
         "raw": str(raw_container.resolve() / raw_dataset),
+        **({"time": time} if time is not None else {}),
         "roi": [list(roi.offset), list(roi.shape)],
         "dtype": dtype,
         "block_shape": list(block),
@@ -754,6 +753,7 @@ def predict_volume(
         num_channels=ckpt.predictor.embedding_dims,
         chunk_shape=block,
         attrs=attrs,
+        ome=True,
     )
 
     threads = max(1, _cores() // num_workers)
@@ -762,6 +762,7 @@ def predict_volume(
         ckpt.normalization,
         raw=raw_array,
         raw_path=str(raw),
+        raw_time=time,
         out=output,
         out_path=str(out),
         device=str(resolved_device),
@@ -792,5 +793,12 @@ def predict_volume(
         raise
     finally:
         torch.set_num_threads(threads_before)
+    if pyramid:
+        from innerdist.pyramid import write_pyramid
+
+        write_pyramid(
+            out, reduction="mean", tracking_dir=tracking_dir_for(out) / "pyramid",
+            progress=progress,
+        )
     finish_output(output, out)
     return str(out)

@@ -55,6 +55,7 @@ All volume coordinates are voxels relative to the prediction's ROI unless named 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import math
@@ -73,6 +74,8 @@ import cc3d
 import numpy as np
 import numpy.typing as npt
 from funlib.geometry import Coordinate, Roi
+
+from innerdist.attrs import POSTPROCESSING_ATTR, QUANTIZATION_ATTR, SEGMENTATION_ATTR
 
 if TYPE_CHECKING:
     # Not imported at run time: workers open zarr directly, and funlib.persistence (with
@@ -99,13 +102,6 @@ DEFAULT_FOREGROUND_LEVEL = 0.05
 DEFAULT_SEED_LEVEL = 0.8
 #: Largest bounding box (voxels) of a multi-seed component flooded as a whole (~1 GB RAM).
 DEFAULT_MAX_WATERSHED_VOXELS = 2**24
-#: Prediction attrs with tuned levels: ``{"foreground_level", "seed_level", "min_size"}``,
-#: ``min_size`` in voxels of the prediction (as stored in checkpoints).
-POSTPROCESSING_ATTR = "innerdist_postprocessing"
-#: Prediction attrs of quantised outputs: ``{"scale", "offset"}``, value = stored*scale+offset.
-QUANTIZATION_ATTR = "innerdist_quantization"
-#: Output attrs recording how the segmentation was made.
-SEGMENTATION_ATTR = "innerdist_segmentation"
 
 _LOCAL_BITS = 32
 _LOCAL_MASK = np.uint64(2**_LOCAL_BITS - 1)
@@ -355,7 +351,8 @@ class _Job:
 
     prediction: str
     prediction_is_zarr: bool  # else (N5) it is read through funlib
-    out: str
+    out: str  # the zarr array of level 0
+    user_out: str  # the output path as given (an OME-NGFF image group)
     seeds: str
     fragments: str
     grown: str
@@ -420,6 +417,7 @@ def segment_volume(
     max_watershed_voxels: int = DEFAULT_MAX_WATERSHED_VOXELS,
     fallback_context: Sequence[int] | None = None,
     progress: bool = True,
+    pyramid: bool = True,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -460,17 +458,23 @@ def segment_volume(
         Context (voxels per axis) of the fallback; default half a block.
     progress:
         Show progress bars.
+    pyramid:
+        Also write the multiscale levels ``s1, s2, ...`` (most frequent id per window:
+        :mod:`innerdist.pyramid`). The output is an OME-NGFF label image (level ``s0``).
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
     from innerdist.volumes import (
         is_complete,
+        label_output_path,
         num_channels,
         open_volume,
         split_volume_path,
+        zarr_array_path,
     )
 
     if mode not in ("instances", "threshold"):
         raise ValueError(f"mode must be 'instances' or 'threshold', got {mode!r}")
+    out = label_output_path(out)
     if (
         isinstance(num_workers, bool)
         or not isinstance(num_workers, (int, np.integer))
@@ -563,10 +567,10 @@ def segment_volume(
         str(out_container / f"{out_dataset}__{name}") for name in ("seeds", "fragments", "grown")
     )
     job = _Job(
-        prediction=str(pred_container / pred_dataset),
-        prediction_is_zarr=not str(pred_container).endswith(".n5")
-        and any((pred_container / pred_dataset / m).exists() for m in ("zarr.json", ".zarray")),
+        prediction=zarr_array_path(source) or str(prediction),
+        prediction_is_zarr=zarr_array_path(source) is not None,
         out=str(out_container / out_dataset),
+        user_out=str(out),
         seeds=seeds_path,
         fragments=fragments_path,
         grown=grown_path,
@@ -612,7 +616,10 @@ def segment_volume(
                 k: description[k] for k in ("mode", "foreground_level", "seed_level", "min_size")
             }
         },
+        ome=True,
+        label=True,
     )
+    job = dataclasses.replace(job, out=zarr_array_path(output) or job.out)
     _forget()
     try:
         if mode == "threshold":
@@ -621,7 +628,7 @@ def segment_volume(
             _segment_instances(job, source, resuming=resuming, num_workers=num_workers)
     finally:
         _forget()
-    _finish(job, output)
+    _finish(job, output, pyramid=pyramid, num_workers=num_workers)
     return str(out)
 
 
@@ -658,12 +665,22 @@ def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_wo
     )
 
 
-def _finish(job: _Job, output: Array) -> None:
+def _finish(job: _Job, output: Array, *, pyramid: bool, num_workers: int) -> None:
     from innerdist.blockwise import finish_output
 
     for path in (job.seeds, job.fragments, job.grown):
         _remove_dataset(path)
-    finish_output(output, job.out)
+    if pyramid:
+        from innerdist.pyramid import write_pyramid
+
+        write_pyramid(
+            job.user_out,
+            reduction="mode",
+            tracking_dir=Path(job.tracking) / "pyramid",
+            num_workers=num_workers,
+            progress=job.progress,
+        )
+    finish_output(output, job.user_out)
 
 
 def _remove_dataset(path: str) -> None:

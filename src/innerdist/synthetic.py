@@ -39,6 +39,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from scipy import ndimage
 
+from innerdist.attrs import SYNTHETIC_ATTR
 from innerdist.volumes import create_volume, mark_complete, split_volume_path
 
 __all__ = [
@@ -616,7 +617,7 @@ def write_volume(
             voxel_size=vol.voxel_size,
             dtype=data.dtype,
             overwrite=overwrite,
-            attrs={"innerdist_synthetic": True},
+            attrs={SYNTHETIC_ATTR: True},
         )
         array[roi] = data
         mark_complete(array)

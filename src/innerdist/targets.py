@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
+from innerdist.attrs import LABELS_ATTR, PREDICTOR_ATTR
 from innerdist.blockwise import (
     finish_output,
     open_or_create_output,
@@ -59,6 +60,7 @@ def compute_targets(
     num_workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    pyramid: bool = True,
 ) -> str:
     """Write tanh-normalised inner-distance targets of ``labels`` to ``out``.
 
@@ -77,8 +79,11 @@ def compute_targets(
         Write block shape in voxels (default 64 per axis); also the output chunk shape.
     num_workers:
         daisy worker processes (1: serial, in this process).
+    pyramid:
+        Also write the multiscale levels ``s1, s2, ...`` (mean; :mod:`innerdist.pyramid`).
 
-    Returns the output path. Re-running an interrupted job resumes it.
+    Returns the output path, an OME-NGFF image whose level ``s0`` holds the targets.
+    Re-running an interrupted job resumes it.
     """
     source = open_volume(labels)
     if not is_complete(source):
@@ -136,7 +141,8 @@ def compute_targets(
         dtype=np.float32,
         num_channels=n_channels,
         chunk_shape=tuple(block_voxels),
-        attrs={"innerdist_predictor": predictor.to_dict(), "innerdist_labels": str(labels)},
+        attrs={PREDICTOR_ATTR: predictor.to_dict(), LABELS_ATTR: str(labels)},
+        ome=True,
     )
     saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
     labels_path, out_path = str(labels), str(out)
@@ -167,5 +173,15 @@ def compute_targets(
         num_workers=num_workers,
         progress=progress,
     )
+    if pyramid:
+        from innerdist.pyramid import write_pyramid
+
+        write_pyramid(
+            out,
+            reduction="mean",
+            tracking_dir=tracking_dir_for(out) / "pyramid",
+            num_workers=num_workers,
+            progress=progress,
+        )
     finish_output(out_array, out)
     return str(out)

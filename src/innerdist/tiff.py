@@ -29,6 +29,8 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
+from innerdist.attrs import SOURCE_ATTR
+from innerdist.units import NM, OME_LENGTH_UNITS, PX, canonical_unit
 from innerdist.volumes import create_volume, mark_complete, split_volume_path
 
 __all__ = ["SUPPORTED_DTYPES", "import_tiff", "tiff_axes", "tiff_voxel_size"]
@@ -52,24 +54,6 @@ SUPPORTED_DTYPES = tuple(
     )
 )
 
-# Size of one unit in nm, for the unit names ImageJ and OME write.
-_UNIT_NM = {
-    "nm": 1.0,
-    "nanometer": 1.0,
-    "nanometers": 1.0,
-    "um": 1e3,
-    "µm": 1e3,  # micro sign
-    "μm": 1e3,  # Greek mu
-    "\\u00b5m": 1e3,  # ImageJ's escaped micro sign
-    "micron": 1e3,
-    "microns": 1e3,
-    "micrometer": 1e3,
-    "micrometers": 1e3,
-    "mm": 1e6,
-    "millimeter": 1e6,
-    "å": 0.1,
-    "angstrom": 0.1,
-}
 # Bytes per slab copied at once; slabs are whole output chunks along the slab axis.
 _SLAB_BYTES = 128 * 2**20
 
@@ -154,13 +138,17 @@ def _check_axes(axes: str, ndim: int, tif_axes: str, shape: tuple[int, ...]) -> 
 
 
 def _unit_to_nm(unit: Any, source: str) -> float:
-    key = str(unit).strip().lower()
-    if key not in _UNIT_NM:
+    """Size of one ``unit`` in nm (the one unit table: :mod:`innerdist.units`)."""
+    try:
+        name = canonical_unit(str(unit))
+    except ValueError as e:
+        raise ValueError(f"the TIFF's {source} {e}; pass the voxel size") from None
+    if name == PX:
         raise ValueError(
-            f"the TIFF's {source} unit {unit!r} is not a length unit innerdist knows "
-            f"({', '.join(sorted(set(_UNIT_NM) - {chr(92) + 'u00b5m'}))}); pass the voxel size"
+            f"the TIFF's {source} voxel size is in pixels, not a length; pass the voxel size "
+            "(e.g. --voxel-size 1,1 --unit px)"
         )
-    return _UNIT_NM[key]
+    return float(OME_LENGTH_UNITS[name])
 
 
 def _imagej_voxel_size(tif: Any, spatial: str) -> dict[str, float] | None:
@@ -300,6 +288,7 @@ def import_tiff(
     axes: str | None = None,
     chunk_shape: Sequence[int] | None = None,
     overwrite: bool = False,
+    unit: str | None = None,
 ) -> Array:
     """Copy a TIFF image/stack into the zarr volume ``out`` (``container.zarr/dataset``).
 
@@ -325,10 +314,22 @@ def import_tiff(
     overwrite
         Replace an existing output; otherwise an existing output raises
         :class:`FileExistsError`.
+    unit
+        World unit of ``voxel_size`` and ``offset``: ``"nm"`` (default) or ``"px"`` for
+        data without a physical calibration (then ``voxel_size`` is required, e.g.
+        ``(1, 1)``).
 
     Returns the written volume, opened, with the channel axis (if any) first as ``c^``.
     """
     path = _existing_file(tiff_path)
+    name = "nanometer" if unit is None else canonical_unit(unit)
+    if name not in (PX, "nanometer"):
+        raise ValueError(
+            f"unit must be nm or px, got {unit!r} (give the voxel size in nm instead)"
+        )
+    world = PX if name == PX else NM
+    if world == PX and voxel_size is None:
+        raise ValueError("unit px needs the voxel size in pixels, e.g. --voxel-size 1,1")
     container, dataset = split_volume_path(out)
     target = container / dataset
     if target.exists() and not overwrite:
@@ -389,7 +390,8 @@ def import_tiff(
             num_channels=num_channels,
             chunk_shape=chunks,
             overwrite=overwrite,
-            attrs={"innerdist_source": str(path.resolve())},
+            attrs={SOURCE_ATTR: str(path.resolve())},
+            units=world,
         )
         with _lazy_pixels(tif, path, shape) as pixels:
             _copy_in_slabs(pixels, array, ax, order, spatial_shape, dtype)

@@ -40,7 +40,6 @@ from innerdist.config import (
 )
 
 if TYPE_CHECKING:
-    from funlib.persistence import Array
 
     from innerdist.model import Model
 
@@ -307,21 +306,6 @@ class ValidationVolume:
         return tuple(slice(b, b + s) for b, s in zip(begin, shape, strict=True))
 
 
-def _read_on_grid(array: Array, roi: Roi, voxel: Coordinate, fill_value: int = 0) -> np.ndarray:
-    """Read ``roi`` of ``array`` on the grid of ``voxel`` (nearest neighbour: a label voxel
-    that is an integer multiple of ``voxel`` is repeated); zero outside the data."""
-    coarse = Coordinate(array.voxel_size)
-    offset = array.roi.offset
-    snapped = roi.shift(-offset).snap_to_grid(coarse, mode="grow").shift(offset)
-    data = np.asarray(array.to_ndarray(snapped, fill_value=fill_value))
-    for axis, (c, v) in enumerate(zip(coarse, voxel, strict=True)):
-        if c != v:
-            data = np.repeat(data, c // v, axis=axis)
-    begin = (roi.begin - snapped.begin) / voxel
-    shape = roi.shape / voxel
-    return data[tuple(slice(b, b + s) for b, s in zip(begin, shape, strict=True))]
-
-
 def load_validation_volumes(
     sources: Sequence[SourceConfig],
     channels: Sequence[str],
@@ -340,6 +324,7 @@ def load_validation_volumes(
 
     from innerdist.crops import VolumeSource, open_sources
     from innerdist.predict import normalize_raw
+    from innerdist.volumes import read_upsampled
 
     if not sources:
         return []
@@ -359,10 +344,10 @@ def load_validation_volumes(
             raw = raw[np.newaxis]
         if s.classes is None:
             labels = np.stack(
-                [_read_on_grid(a, s.roi, voxel).astype(np.uint64) for a in s.labels]
+                [read_upsampled(a, s.roi, s.upsample).astype(np.uint64) for a in s.labels]
             )
         else:
-            semantic = _read_on_grid(s.labels[0], s.roi, voxel)
+            semantic = read_upsampled(s.labels[0], s.roi, s.upsample)
             connectivity: Literal[4, 6] = 6 if semantic.ndim == 3 else 4
             labels = np.stack(
                 [
@@ -374,7 +359,7 @@ def load_validation_volumes(
             )
         mask = None
         if s.mask is not None:
-            mask = _read_on_grid(s.mask, s.roi, voxel) != 0
+            mask = read_upsampled(s.mask, s.roi, s.upsample) != 0
         volumes.append(
             ValidationVolume(
                 name=s.source.raw,
