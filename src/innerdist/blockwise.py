@@ -303,6 +303,7 @@ def open_or_create_output(
     container, dataset = split_volume_path(path)
     tracking = tracking_dir_for(path)
     check_output_apart_from_inputs([path, tracking], inputs or {})
+    _refuse_foreign(path, container / dataset, overwrite)  # before the lock file is made
     acquire_output_lock(tracking, path)
     try:
         array = _open_or_create(path, container / dataset, tracking, job, overwrite,
@@ -315,6 +316,24 @@ def open_or_create_output(
     return array
 
 
+def _refuse_foreign(path: str | Path, target: Path, overwrite: bool) -> None:
+    """Refuse to replace (or reuse) something at ``target`` that no innerdist job wrote."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    attrs = _attrs_on_disk(target)
+    if overwrite and (attrs is None or JOB_ATTR not in attrs):
+        raise FileExistsError(
+            f"output {str(path)!r} exists and was not written by an innerdist job (no "
+            f"{JOB_ATTR} attribute); --overwrite only replaces innerdist outputs: "
+            "choose another output path or delete it yourself"
+        )
+    if attrs is None:
+        raise FileExistsError(
+            f"output {str(path)!r} already exists and is not a zarr array; "
+            "choose another output path"
+        )
+
+
 def _open_or_create(
     path: str | Path,
     target: Path,
@@ -324,21 +343,10 @@ def _open_or_create(
     create_kwargs: dict[str, Any],
 ) -> Array:
     if target.exists() or target.is_symlink():
-        attrs = _attrs_on_disk(target)
-        ours = attrs is not None and JOB_ATTR in attrs
-        if overwrite and not ours:
-            raise FileExistsError(
-                f"output {str(path)!r} exists and was not written by an innerdist job (no "
-                f"{JOB_ATTR} attribute); --overwrite only replaces innerdist outputs: "
-                "choose another output path or delete it yourself"
-            )
+        _refuse_foreign(path, target, overwrite)  # again, now that the lock is held
+        attrs = _attrs_on_disk(target) or {}
         if not overwrite:
-            if attrs is None:
-                raise FileExistsError(
-                    f"output {str(path)!r} already exists and is not a zarr array; "
-                    "choose another output path"
-                )
-            same_job = ours and attrs[JOB_ATTR] == job
+            same_job = attrs.get(JOB_ATTR) == job
             complete = bool(attrs.get(COMPLETE_ATTR, True))
             if complete and same_job:
                 logger.info("%s is already complete (same job): nothing to do", path)

@@ -1,24 +1,71 @@
 """The ``innerdist`` command line: thin wrappers that parse arguments and call the library.
 
 Heavy modules (torch, numba kernels, daisy) are imported inside the commands, after
-argument parsing, so ``innerdist --help`` is instant. Errors caused by the user's input
-(``ValueError``, ``TypeError``, missing or existing files) are printed as one line and exit
-with code 2; anything else is a bug and keeps its traceback.
+argument parsing, so ``innerdist --help`` is instant. Every failure is one line on stderr,
+``innerdist COMMAND: error: ...``:
+
+- bad input (``ValueError``, ``TypeError``, missing or existing files, bad option values
+  and other usage errors): exit code 2;
+- faults of the machine (read-only or full disk, permission denied, I/O errors: any other
+  ``OSError``), naming the path and the cause: exit code 1. Outputs stay marked
+  incomplete, so the same command resumes once the fault is fixed;
+- anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
+# typer >= 0.2x runs on its own copy of click (typer._click); its contexts and usage errors
+# are those classes, not the click package's.
+try:
+    from typer._click import exceptions as click_exceptions
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - typer on the click package
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+    from click import get_current_context  # type: ignore[no-redef]
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one line and exit code 2,
+    in the form every other error has, instead of click's boxed usage panel."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click_exceptions.ClickException as e:
+            if not standalone:
+                raise
+            if isinstance(e, click_exceptions.NoArgsIsHelpError):
+                e.show()  # the help text
+                sys.exit(e.exit_code)
+            context = getattr(e, "ctx", None)
+            command = context.info_name if context is not None else None
+            prefix = "innerdist" if command in (None, "innerdist") else f"innerdist {command}"
+            typer.echo(f"{prefix}: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            if not standalone:
+                raise
+            typer.echo("innerdist: aborted", err=True)
+            sys.exit(1)
+        if not standalone:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="innerdist",
     help="Inner-distance targets, training, blockwise prediction, segmentation and scoring "
     "of 2-D/3-D microscopy volumes. Volumes are given as CONTAINER/DATASET paths, e.g. "
@@ -37,23 +84,50 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     NotADirectoryError,
     IsADirectoryError,
-    PermissionError,
 )
 
 
+def fault_message(error: OSError) -> str:
+    """One line naming the path and the cause of a fault (full or read-only disk...).
+
+    >>> fault_message(OSError(30, "Read-only file system", "out.zarr/pred"))
+    'out.zarr/pred: read-only file system (errno EROFS); choose a writable output location'
+    """
+    cause = error.strerror or str(error) or type(error).__name__
+    if cause[:2] != cause[:2].upper():  # "No space ..." -> "no space ...", keep "I/O ..."
+        cause = cause[0].lower() + cause[1:]
+    name = errno.errorcode.get(error.errno) if isinstance(error.errno, int) else None
+    code = f" (errno {name})" if name else ""
+    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
+    where = f"{' -> '.join(paths)}: " if paths else ""
+    fix = {
+        errno.ENOSPC: "free space, then run the same command again to resume",
+        errno.EDQUOT: "free space, then run the same command again to resume",
+        errno.EROFS: "choose a writable output location",
+        errno.EACCES: "check the permissions (or choose another output location)",
+        errno.EPERM: "check the permissions (or choose another output location)",
+    }.get(error.errno if isinstance(error.errno, int) else -1, "")
+    first_line = f"{where}{cause.strip().splitlines()[0] if cause.strip() else cause}{code}"
+    return f"{first_line}; {fix}" if fix else first_line
+
+
 def user_errors_exit_2(func: F) -> F:
-    """Turn errors caused by bad input into one line on stderr and exit code 2."""
+    """Turn errors caused by bad input into one line on stderr and exit code 2, and faults
+    of the machine (any other ``OSError``) into one line naming path and cause, exit 1."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        context = get_current_context(silent=True)
+        command = context.info_name if context else func.__name__.replace("_", "-")
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            context = click.get_current_context(silent=True)
-            command = context.info_name if context else func.__name__.replace("_", "-")
             typer.echo(f"innerdist {command}: error: {message}", err=True)
             raise typer.Exit(code=2) from None
+        except OSError as e:
+            typer.echo(f"innerdist {command}: error: {fault_message(e)}", err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -69,8 +143,43 @@ def _setup_logging(verbose: bool) -> None:
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
 Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an existing output instead of failing.")
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an existing output of another innerdist job (never anything else) "
+        "instead of failing.",
+    ),
 ]
+AllowIncomplete = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete",
+        help="Use an input that an innerdist job marked incomplete (half-written), with a "
+        "warning, instead of refusing it.",
+    ),
+]
+
+
+def _complete_output(path: str) -> bool:
+    """Whether ``path`` is an output that an innerdist job finished (read before a run:
+    a run that then succeeds without --overwrite was the same job, a no-op)."""
+    import json
+
+    for marker, key in (("zarr.json", "attributes"), (".zattrs", None)):
+        try:
+            data = json.loads((Path(path) / marker).read_text())
+        except (OSError, ValueError):
+            continue
+        attrs = data.get(key, {}) if key and isinstance(data, dict) else data
+        return isinstance(attrs, dict) and attrs.get("innerdist_complete") is True
+    return False
+
+
+def _report(result: str, *, was_complete: bool) -> None:
+    if was_complete:
+        typer.echo(f"{result} is already complete (same job): nothing to do")
+    else:
+        typer.echo(f"wrote {result}")
 
 
 @app.command()
@@ -97,6 +206,7 @@ def targets(
     _setup_logging(verbose)
     from innerdist.targets import compute_targets
 
+    was_complete = not overwrite and _complete_output(out)
     result = compute_targets(
         labels,
         out,
@@ -106,7 +216,7 @@ def targets(
         num_workers=workers,
         overwrite=overwrite,
     )
-    typer.echo(f"wrote {result}")
+    _report(result, was_complete=was_complete)
 
 
 @app.command()
@@ -204,6 +314,7 @@ def predict(
         typer.Option(help="Output dtype: float32, float16 or uint8 (quantized to [0, 1])."),
     ] = "float32",
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
 ) -> None:
     """Predict a raw volume blockwise with a trained network (resumable: run the same
@@ -211,6 +322,7 @@ def predict(
     _setup_logging(verbose)
     from innerdist.predict import parse_roi, predict_volume
 
+    was_complete = not overwrite and _complete_output(out)
     result = predict_volume(
         checkpoint,
         raw,
@@ -222,8 +334,9 @@ def predict(
         batch_size=batch_size,
         dtype=dtype,
         overwrite=overwrite,
+        allow_incomplete=allow_incomplete,
     )
-    typer.echo(f"wrote {result}")
+    _report(result, was_complete=was_complete)
 
 
 @app.command()
@@ -275,6 +388,7 @@ def segment(
     ] = 2**24,
     workers: Workers = 1,
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
 ) -> None:
     """Segment a prediction blockwise: instances identical to a whole-volume watershed, or
@@ -282,6 +396,7 @@ def segment(
     _setup_logging(verbose)
     from innerdist.segment import segment_volume
 
+    was_complete = not overwrite and _complete_output(out)
     result = segment_volume(
         prediction,
         out,
@@ -293,8 +408,9 @@ def segment(
         num_workers=workers,
         overwrite=overwrite,
         max_watershed_voxels=max_watershed_voxels,
+        allow_incomplete=allow_incomplete,
     )
-    typer.echo(f"wrote {result}")
+    _report(result, was_complete=was_complete)
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:

@@ -19,6 +19,7 @@ the same process (a retry after an error) reuses it.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -26,10 +27,14 @@ from pathlib import Path
 __all__ = [
     "OutputLockedError",
     "acquire_output_lock",
+    "check_input_complete",
     "check_output_apart_from_inputs",
     "release_output_lock",
     "resolved",
 ]
+
+
+logger = logging.getLogger(__name__)
 
 
 class OutputLockedError(FileExistsError):
@@ -124,3 +129,35 @@ def release_output_lock(tracking_dir: str | Path) -> None:
     fd = _HELD.pop(_lock_file(tracking_dir), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor drops the flock
+
+
+def check_input_complete(
+    attrs: Mapping[str, object],
+    path: str | Path,
+    role: str,
+    *,
+    allow_incomplete: bool | None = False,
+) -> None:
+    """Refuse an input that an innerdist job marked incomplete (half-written).
+
+    ``attrs`` are the input's attributes. The message names the job to re-run, from the
+    input's ``innerdist_job`` attribute (``predict``, ``targets``, ``segment``, ...).
+    With ``allow_incomplete`` the input is used as it is, with a warning; ``None`` means
+    the command has no such override (the message does not offer one).
+    """
+    if bool(attrs.get("innerdist_complete", True)):
+        return
+    job = attrs.get("innerdist_job")
+    command = None
+    if isinstance(job, Mapping):
+        command = job.get("task") or job.get("command")
+    which = f"the innerdist {command} job" if isinstance(command, str) else "the job"
+    message = (
+        f"{role} {str(path)!r} is incomplete (innerdist_complete is false: {which} writing "
+        f"it was interrupted or failed); run {which} again to finish it"
+    )
+    if allow_incomplete is None:
+        raise ValueError(message)
+    if not allow_incomplete:
+        raise ValueError(message + ", or pass --allow-incomplete to use it as it is")
+    logger.warning("%s; using it as it is (--allow-incomplete)", message)

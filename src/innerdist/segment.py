@@ -251,6 +251,11 @@ def _check_prediction(pred: npt.ArrayLike, *, spatial: bool) -> npt.NDArray[np.f
             f"prediction must be 2-D or 3-D (one channel, no channel axis), got shape "
             f"{values.shape}"
         )
+    if not np.isfinite(values).all():
+        raise ValueError(
+            f"prediction holds {int((~np.isfinite(values)).sum())} non-finite value(s) "
+            "(NaN or inf); a prediction with NaN cannot be segmented"
+        )
     return values
 
 
@@ -420,6 +425,7 @@ def segment_volume(
     max_watershed_voxels: int = DEFAULT_MAX_WATERSHED_VOXELS,
     fallback_context: Sequence[int] | None = None,
     progress: bool = True,
+    allow_incomplete: bool = False,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -460,8 +466,12 @@ def segment_volume(
         Context (voxels per axis) of the fallback; default half a block.
     progress:
         Show progress bars.
+    allow_incomplete:
+        Segment a prediction that its job marked incomplete (with a warning) instead of
+        refusing it.
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
+    from innerdist.safety import check_input_complete, check_output_apart_from_inputs
     from innerdist.volumes import (
         is_complete,
         num_channels,
@@ -495,14 +505,12 @@ def segment_volume(
     pred_container, pred_dataset = split_volume_path(prediction)
     if (out_container.resolve(), out_dataset) == (pred_container.resolve(), pred_dataset):
         raise ValueError(f"output {str(out)!r} is the prediction itself; choose another path")
+    intermediates = [out_container / f"{out_dataset}__{n}" for n in ("seeds", "fragments", "grown")]
+    check_output_apart_from_inputs([out, *intermediates], {"prediction": prediction})
 
     source = open_volume(prediction)
     pred_path = str(prediction)
-    if not is_complete(source):
-        raise ValueError(
-            f"prediction {pred_path!r} is incomplete (innerdist_complete is false: its job was "
-            "interrupted); finish it by running the same predict command again"
-        )
+    check_input_complete(source.attrs, pred_path, "prediction", allow_incomplete=allow_incomplete)
     channels = num_channels(source)
     if channels is None:
         raise ValueError(
@@ -602,6 +610,7 @@ def segment_volume(
         out,
         job=description,
         overwrite=overwrite,
+        inputs={"prediction": prediction},
         roi=source.roi,
         voxel_size=voxel_size,
         dtype=np.uint8 if mode == "threshold" else np.uint64,
@@ -613,6 +622,8 @@ def segment_volume(
             }
         },
     )
+    if is_complete(output):
+        return str(out)  # the same job finished before: nothing to do
     _forget()
     try:
         if mode == "threshold":
@@ -788,16 +799,33 @@ def _save(path: Path, **arrays: Any) -> None:
     os.replace(tmp, path)
 
 
+def _finite_block(job: _Job, lo: Sequence[int], hi: Sequence[int]) -> npt.NDArray[np.float32]:
+    """The dequantised prediction over a block; NaN/inf is refused (every voxel is read
+    here once, by the threshold or the fragments pass), not silently segmented."""
+    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    if not np.isfinite(pred).all():
+        bad = ~np.isfinite(pred)
+        first = np.argwhere(bad)[0]
+        voxel = tuple(int(a + o) for a, o in zip(first[1:], lo, strict=True))
+        raise ValueError(
+            f"prediction {job.prediction!r} holds {int(bad.sum())} non-finite value(s) "
+            f"(NaN or inf) in the block at voxels {tuple(lo)}-{tuple(hi)}, the first in "
+            f"channel {int(first[0])} at voxel {voxel}; a prediction with NaN cannot be "
+            "segmented (check the network and the raw)"
+        )
+    return pred
+
+
 def _pass_threshold(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     b, lo, hi = job.locate(write_roi)
-    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    pred = _finite_block(job, lo, hi)
     _open(job.out, "r+")[_box(lo, hi)] = (pred > job.foreground_level).astype(np.uint8)
 
 
 def _pass_fragments(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     """Pass A: components of seeds and foreground inside one block, with block-unique ids."""
     b, lo, hi = job.locate(write_roi)
-    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    pred = _finite_block(job, lo, hi)
     seeds_out = np.zeros(pred.shape, np.uint64)
     fragments_out = np.zeros(pred.shape, np.uint64)
     stats: dict[str, Any] = {}
