@@ -140,7 +140,7 @@ def test_existing_outputs(tmp_path):
     path, _ = _job(tmp_path)
     assert (tmp_path / "calls.txt").read_text() == calls
     assert is_complete(open_volume(path))
-    with pytest.raises(FileExistsError, match="already exists .*pass --overwrite"):
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         _job(tmp_path, job={"a": 3})
     path = str(tmp_path / "o.zarr" / "y")
     open_or_create_output(path, job={"a": 1}, overwrite=False, roi=ROI, voxel_size=VOXEL,

@@ -351,10 +351,16 @@ def _open_or_create(
             if complete and same_job:
                 logger.info("%s is already complete (same job): nothing to do", path)
                 return open_volume(path, mode="r+")
+            if complete and JOB_ATTR not in attrs:
+                raise FileExistsError(
+                    f"output {str(path)!r} already exists and was not written by an "
+                    "innerdist job; choose another output path (--overwrite only replaces "
+                    "innerdist outputs)"
+                )
             if complete:
                 raise FileExistsError(
-                    f"output {str(path)!r} already exists (written by another job or "
-                    "outside innerdist); pass --overwrite to replace it"
+                    f"output {str(path)!r} already exists; pass --overwrite to replace it "
+                    "(it holds the result of another job: other inputs or parameters)"
                 )
             if not same_job:
                 raise FileExistsError(

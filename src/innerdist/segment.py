@@ -251,11 +251,6 @@ def _check_prediction(pred: npt.ArrayLike, *, spatial: bool) -> npt.NDArray[np.f
             f"prediction must be 2-D or 3-D (one channel, no channel axis), got shape "
             f"{values.shape}"
         )
-    if not np.isfinite(values).all():
-        raise ValueError(
-            f"prediction holds {int((~np.isfinite(values)).sum())} non-finite value(s) "
-            "(NaN or inf); a prediction with NaN cannot be segmented"
-        )
     return values
 
 
