@@ -36,14 +36,16 @@ An output is written by one job at a time: :func:`open_or_create_output` takes a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
 import shutil
+import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,42 @@ def _first_recorded_error(folder: Path) -> BaseException | None:
         if isinstance(error, BaseException):
             return error
     return None
+
+
+@contextlib.contextmanager
+def _stderr_to(log: Path) -> Iterator[None]:
+    """Send file descriptor 2 to ``log`` while workers run, keeping ``sys.stderr`` (the
+    progress bar, Python logging set up later) on the terminal.
+
+    daisy's scheduler and its workers write every failed block's traceback to fd 2; the
+    error that matters is raised once by :func:`run_blockwise`, and the tracebacks stay in
+    the log next to the block tracking. Without a log file (full disk) nothing changes.
+    """
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = os.dup(2)
+    terminal = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    previous = sys.stderr
+    try:
+        os.dup2(log_fd, 2)
+        if previous is sys.__stderr__:
+            sys.stderr = terminal
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log_fd)
+        terminal.close()
 
 
 def _last_error_line(error: str) -> str:
@@ -213,13 +251,15 @@ def run_blockwise(
         max_retries=1,
         tracking_path=str(Path(tracking_dir) / name),
     )
-    states = daisy.run_blockwise(
-        [task],
-        multiprocessing=parallel,
-        progress=progress,
-        return_states=True,
-        summary=False,
-    )
+    quiet = _stderr_to(Path(tracking_dir) / "logs" / "stderr.log") if parallel else None
+    with quiet or contextlib.nullcontext():
+        states = daisy.run_blockwise(
+            [task],
+            multiprocessing=parallel,
+            progress=progress,
+            return_states=True,
+            summary=False,
+        )
     state = states[name]
     if state.completed_count != state.total_block_count:
         summary = (

@@ -87,7 +87,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def fault_message(error: OSError) -> str:
+_OUTPUT_ARGUMENTS = ("out", "out_dir", "run_dir")
+
+
+def fault_message(error: OSError, output: str | None = None) -> str:
     """One line naming the path and the cause of a fault (full or read-only disk...).
 
     >>> fault_message(OSError(30, "Read-only file system", "out.zarr/pred"))
@@ -99,7 +102,10 @@ def fault_message(error: OSError) -> str:
     name = errno.errorcode.get(error.errno) if isinstance(error.errno, int) else None
     code = f" (errno {name})" if name else ""
     paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
-    where = f"{' -> '.join(paths)}: " if paths else ""
+    if paths:
+        where = f"{' -> '.join(paths)}: "
+    else:  # e.g. zarr's writes do not name the chunk: name the command's output
+        where = f"writing {output}: " if output else ""
     fix = {
         errno.ENOSPC: "free space, then run the same command again to resume",
         errno.EDQUOT: "free space, then run the same command again to resume",
@@ -126,7 +132,8 @@ def user_errors_exit_2(func: F) -> F:
             typer.echo(f"innerdist {command}: error: {message}", err=True)
             raise typer.Exit(code=2) from None
         except OSError as e:
-            typer.echo(f"innerdist {command}: error: {fault_message(e)}", err=True)
+            output = next((str(kwargs[k]) for k in _OUTPUT_ARGUMENTS if kwargs.get(k)), None)
+            typer.echo(f"innerdist {command}: error: {fault_message(e, output)}", err=True)
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -138,6 +145,10 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # daisy warns about every failed block; the error that stops the command is printed
+        # once, as one line, by user_errors_exit_2 (details stay in the worker logs).
+        logging.getLogger("daisy").setLevel(logging.ERROR)
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
