@@ -404,8 +404,12 @@ def test_two_workers_fail_on_nan_and_resume(volume_2d: dict[str, Any], tmp_path:
 def test_existing_outputs(volume_2d: dict[str, Any]) -> None:
     args = (volume_2d["path"], volume_2d["raw"], volume_2d["out"])
     predict_volume(*args, block_shape=(40, 48), progress=False)
+    written = open_volume(volume_2d["out"])
+    before = written[written.roi]
+    predict_volume(*args, block_shape=(40, 48), progress=False)  # same job: a no-op
+    np.testing.assert_array_equal(written[written.roi], before)
     with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
-        predict_volume(*args, block_shape=(40, 48), progress=False)
+        predict_volume(*args, block_shape=(40, 48), dtype="float16", progress=False)
     predict_volume(*args, block_shape=(40, 48), dtype="uint8", overwrite=True, progress=False)
     assert open_volume(volume_2d["out"]).dtype == np.uint8
 
@@ -533,7 +537,9 @@ def test_cli_errors_are_one_line_with_exit_code_2(volume_2d: dict[str, Any],
     args = ["predict", volume_2d["path"], volume_2d["raw"], volume_2d["out"],
             "--block-shape", "40,48"]
     assert runner.invoke(app, args).exit_code == 0
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, args)  # the same job again: a no-op
+    assert result.exit_code == 0 and "already complete" in result.stdout, result.output
+    result = runner.invoke(app, [*args, "--dtype", "uint8"])
     assert result.exit_code == 2
     assert "already exists; pass --overwrite" in result.stderr.strip().splitlines()[-1]
 

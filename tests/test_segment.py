@@ -697,7 +697,8 @@ def test_cli_segment(tmp_path, prediction):
         (["{pred}", "{tmp}/o.zarr/s", "--mode", "fancy"], "mode must be"),
         (["{pred}", "{tmp}/o.zarr/s", "--block-shape", "8,x"], "comma-separated integers"),
         (["{pred}", "{pred}"], "is the prediction itself"),
-        (["{pred}", "{tmp}/p.zarr/existing"], "already exists; pass --overwrite"),
+        (["{pred}", "{tmp}/p.zarr/existing"], "already exists and was not written by an "
+         "innerdist job"),
         (["{tmp}/incomplete.zarr/pred", "{tmp}/o.zarr/s"], "is incomplete"),
     ],
 )

@@ -115,7 +115,7 @@ def test_cli_success(tmp_path):
         ("4d", ["gt.zarr/d4", "o.zarr/t"], "4 spatial axes .* expected 2 or 3"),
         ("labels", ["gt.zarr/l", "o.zarr/t", "--channels", "a", "--channels", "b"],
          "2 channel names"),
-        ("exists", ["gt.zarr/l", "gt.zarr/l"], "already exists; pass --overwrite"),
+        ("exists", ["gt.zarr/l", "gt.zarr/l"], "is the labels .* would destroy an input"),
         ("labels", ["gt.zarr/l", "o.zarr/t", "--block-shape", "4,x"], "comma-separated"),
         ("labels", ["gt.zarr/l", "o.zarr/t", "--block-shape", "4,4,4"], "block shape"),
         ("labels", ["gt.zarr", "o.zarr/t"], "no dataset inside"),

@@ -24,14 +24,28 @@ Finished blocks are recorded in ``tracking_dir`` by daisy, so a job that was kil
 where it stopped when run again with the same ``tracking_dir``. ``num_workers=1`` runs every
 block in this process (no scheduler, no subprocesses): the serial switch for debugging and
 for tests.
+
+Errors cross the process boundary as objects, not text: a worker that fails a block
+pickles the exception into ``tracking_dir/errors/`` before daisy sees it, and
+:func:`run_blockwise` raises that exception (its type intact) in the parent. daisy's
+traceback text is used only when a worker died without a word (killed, segfault).
+
+An output is written by one job at a time: :func:`open_or_create_output` takes a lock
+(:mod:`innerdist.safety`) that :func:`finish_output` releases.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import pickle
 import shutil
-from collections.abc import Callable
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +55,11 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
 from innerdist.attrs import COMPLETE_ATTR, JOB_ATTR
+from innerdist.safety import (
+    acquire_output_lock,
+    check_output_apart_from_inputs,
+    release_output_lock,
+)
 from innerdist.volumes import (
     create_volume,
     is_complete,
@@ -51,7 +70,6 @@ from innerdist.volumes import (
 
 __all__ = [
     "BlockFailedError",
-    "BlockInputError",
     "clear_tracking",
     "finish_output",
     "open_or_create_output",
@@ -63,14 +81,76 @@ logger = logging.getLogger(__name__)
 
 
 class BlockFailedError(RuntimeError):
-    """Some blocks of a blockwise job failed; finished blocks stay recorded."""
+    """Blocks failed in worker processes that died without reporting an exception (killed,
+    crashed, or an exception that could not be pickled); finished blocks stay recorded."""
 
 
-class BlockInputError(BlockFailedError, ValueError):
-    """A block failed in a worker because of bad input (it raised ValueError/TypeError)."""
+def _errors_dir(tracking_dir: str | Path, name: str) -> Path:
+    return Path(tracking_dir) / "errors" / name
 
 
-_INPUT_ERRORS = ("ValueError", "TypeError", "FileNotFoundError", "FileExistsError")
+def _record_error(folder: Path, error: BaseException) -> None:
+    """Pickle ``error`` (in a worker) so the parent can raise it with its type intact."""
+    try:
+        payload = pickle.dumps(error)
+        pickle.loads(payload)  # exceptions with custom __init__ may not come back
+    except Exception:
+        payload = pickle.dumps(BlockFailedError(f"{type(error).__name__}: {error}"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # time first: the names sort in the order the errors happened
+        tmp = folder / f".{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(payload)
+        os.replace(tmp, folder / f"{time.time_ns():020d}-{uuid.uuid4().hex}.pickle")
+    except OSError:
+        pass  # the disk may be what failed; daisy's text is the fallback
+
+
+def _first_recorded_error(folder: Path) -> BaseException | None:
+    for file in sorted(folder.glob("*.pickle")):
+        try:
+            error = pickle.loads(file.read_bytes())
+        except Exception:
+            continue
+        if isinstance(error, BaseException):
+            return error
+    return None
+
+
+@contextlib.contextmanager
+def _stderr_to(log: Path) -> Iterator[None]:
+    """Send file descriptor 2 to ``log`` while workers run, keeping ``sys.stderr`` (the
+    progress bar, Python logging set up later) on the terminal.
+
+    daisy's scheduler and its workers write every failed block's traceback to fd 2; the
+    error that matters is raised once by :func:`run_blockwise`, and the tracebacks stay in
+    the log next to the block tracking. Without a log file (full disk) nothing changes.
+    """
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError:
+        yield
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = os.dup(2)
+    terminal = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    previous = sys.stderr
+    try:
+        os.dup2(log_fd, 2)
+        if previous is sys.__stderr__:
+            sys.stderr = terminal
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        sys.stderr = previous
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log_fd)
+        terminal.close()
 
 
 def _last_error_line(error: str) -> str:
@@ -109,7 +189,10 @@ def run_blockwise(
     context:
         Added to each side of a write block to get its read ROI, world units.
     process:
-        Called once per block; must be picklable-free (closures are fine, daisy forks).
+        Called once per block. With ``num_workers > 1`` daisy starts fresh worker
+        processes (it spawns, it does not fork) and sends them ``process`` serialised
+        with cloudpickle: closures and lambdas work, but everything they capture must be
+        picklable (paths and parameters, not open files, locks or live handles).
     tracking_dir:
         Directory where finished blocks are recorded; reuse it to resume.
     num_workers:
@@ -117,11 +200,13 @@ def run_blockwise(
 
     Raises
     ------
+    Exception
+        The first exception a block raised, of its own type in serial and parallel runs
+        alike (in parallel runs it is pickled by the worker and raised here, with a note
+        saying how many blocks did not finish). Blocks finished before it stay recorded.
     BlockFailedError
-        When a block failed in a worker process after daisy's retries; its first error is
-        quoted. A :class:`BlockInputError` (also a ``ValueError``) when that error was a
-        ``ValueError``/``TypeError``, i.e. bad input. With ``num_workers=1`` the block's own
-        exception propagates unchanged (blocks finished before it stay recorded).
+        When blocks failed in workers that reported no exception (a killed worker), with
+        daisy's last traceback line.
     """
     block_shape = Coordinate(block_shape)
     context = Coordinate(context)
@@ -137,8 +222,18 @@ def run_blockwise(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
 
+    errors = _errors_dir(tracking_dir, name)
+    if errors.exists():
+        shutil.rmtree(errors)  # from an earlier run; only this run's errors count
+    parallel = num_workers > 1
+
     def process_block(block: daisy.Block) -> None:
-        process(block.read_roi, block.write_roi)
+        try:
+            process(block.read_roi, block.write_roi)
+        except Exception as e:
+            if parallel:
+                _record_error(errors, e)
+            raise
 
     # Worker logs go next to the block tracking, not into the current directory.
     daisy_logging.set_log_basedir(Path(tracking_dir) / "logs")
@@ -154,26 +249,32 @@ def run_blockwise(
         max_retries=1,
         tracking_path=str(Path(tracking_dir) / name),
     )
-    states = daisy.run_blockwise(
-        [task],
-        multiprocessing=num_workers > 1,
-        progress=progress,
-        return_states=True,
-        summary=False,
-    )
+    quiet = _stderr_to(Path(tracking_dir) / "logs" / "stderr.log") if parallel else None
+    with quiet or contextlib.nullcontext():
+        states = daisy.run_blockwise(
+            [task],
+            multiprocessing=parallel,
+            progress=progress,
+            return_states=True,
+            summary=False,
+        )
     state = states[name]
     if state.completed_count != state.total_block_count:
+        summary = (
+            f"{name}: {state.total_block_count - state.completed_count} of "
+            f"{state.total_block_count} blocks did not finish. Finished blocks are recorded "
+            f"in {tracking_dir}; run the same command again to resume."
+        )
+        recorded = _first_recorded_error(errors)
+        if recorded is not None:
+            recorded.add_note(summary)
+            raise recorded
         error = state.first_worker_error or state.last_worker_error
         failed = task.failed_blocks()
-        detail = f"; first error: {_last_error_line(error)}" if error else ""
+        detail = f" First error: {_last_error_line(error)}" if error else ""
         if failed and not error:
-            detail = f"; failed blocks: {[str(b.write_roi) for b in failed[:5]]}"
-        is_input = bool(error) and _last_error_line(error).startswith(_INPUT_ERRORS)
-        raise (BlockInputError if is_input else BlockFailedError)(
-            f"{name}: {state.total_block_count - state.completed_count} of "
-            f"{state.total_block_count} blocks did not finish{detail}. Finished blocks are "
-            f"recorded in {tracking_dir}; run the same command again to resume."
-        )
+            detail = f" Failed blocks: {[str(b.write_roi) for b in failed[:5]]}"
+        raise BlockFailedError(summary + detail)
 
 
 def tracking_dir_for(path: str | Path) -> Path:
@@ -186,8 +287,49 @@ def tracking_dir_for(path: str | Path) -> Path:
     return container / ".innerdist-blocks" / dataset
 
 
+def _attrs_on_disk(target: Path) -> dict[str, Any] | None:
+    """Attributes of the zarr node at ``target`` (``None`` when it is not a zarr node).
+
+    For an OME-NGFF image (how innerdist writes its outputs) these are the attributes of
+    its level 0, where the job and completeness attributes live.
+    """
+    attrs = _node_attrs(target)
+    if attrs is None:
+        return None
+    multiscales = attrs.get("ome", attrs).get("multiscales")
+    if isinstance(multiscales, list) and multiscales:
+        try:
+            level0 = multiscales[0]["datasets"][0]["path"]
+        except (KeyError, IndexError, TypeError):
+            return attrs
+        return _node_attrs(target / str(level0))
+    return attrs
+
+
+def _node_attrs(target: Path) -> dict[str, Any] | None:
+    for marker, key in (("zarr.json", "attributes"), (".zattrs", None), (".zarray", None)):
+        file = target / marker
+        if file.is_file():
+            try:
+                data = json.loads(file.read_text())
+            except (OSError, ValueError):
+                return None
+            if key is None:
+                if marker == ".zarray":
+                    return {}
+                return data if isinstance(data, dict) else None
+            attrs = data.get(key, {}) if isinstance(data, dict) else None
+            return attrs if isinstance(attrs, dict) else {}
+    return None
+
+
 def open_or_create_output(
-    path: str | Path, *, job: dict[str, Any], overwrite: bool, **create_kwargs: Any
+    path: str | Path,
+    *,
+    job: dict[str, Any],
+    overwrite: bool,
+    inputs: Mapping[str, str | Path | None] | None = None,
+    **create_kwargs: Any,
 ) -> Array:
     """Create the output of a blockwise job, or reopen it to resume an interrupted run.
 
@@ -195,37 +337,106 @@ def open_or_create_output(
     parameters). It is stored in the output's attributes, so that an interrupted run is
     resumed only by the same job:
 
-    - no output yet, or ``overwrite``: a fresh, empty output marked incomplete;
+    - no output yet: a fresh, empty output marked incomplete;
     - an incomplete output written by the same ``job``: reopened, finished blocks are kept;
-    - a complete output, or one from a different job: :class:`FileExistsError`.
+    - a complete output written by the same ``job``: returned as is (it is complete, so the
+      caller has nothing to do: re-running a finished job is a no-op);
+    - a complete output of a different job, or an unfinished one of a different job:
+      :class:`FileExistsError`, unless ``overwrite``;
+    - ``overwrite``: the existing output is deleted and created afresh, but only when its
+      attributes show it was written by an innerdist blockwise job; anything else is
+      refused with :class:`FileExistsError` (``--overwrite`` never deletes user data).
+
+    ``inputs`` maps a role to each path the job reads; an output that is, contains or lies
+    inside one of them is refused with :class:`ValueError` before anything is touched
+    (:func:`innerdist.safety.check_output_apart_from_inputs`). The job's lock is taken
+    here (:class:`innerdist.safety.OutputLockedError` when another run holds it) and
+    released by :func:`finish_output`, or here when nothing is left to do.
 
     ``create_kwargs`` go to :func:`innerdist.volumes.create_volume`.
     """
     job = json.loads(json.dumps(job))  # normalise tuples -> lists for comparison
     container, dataset = split_volume_path(path)
     tracking = tracking_dir_for(path)
-    if (container / dataset).exists() and not overwrite:
-        existing = open_volume(path, mode="r+")
-        if is_complete(existing):
-            raise FileExistsError(
-                f"output {str(path)!r} already exists; pass --overwrite to replace it"
-            )
-        if existing.attrs.get(JOB_ATTR) != job:
-            raise FileExistsError(
-                f"output {str(path)!r} is an unfinished output of a different job "
-                "(other inputs or parameters); pass --overwrite to replace it"
-            )
-        logger.info("resuming %s: finished blocks are kept", path)
-        return existing
+    check_output_apart_from_inputs([path, tracking], inputs or {})
+    _refuse_foreign(path, container / dataset, overwrite)  # before the lock file is made
+    acquire_output_lock(tracking, path)
+    try:
+        array = _open_or_create(path, container / dataset, tracking, job, overwrite,
+                                create_kwargs)
+    except BaseException:
+        release_output_lock(tracking)
+        raise
+    if is_complete(array):
+        release_output_lock(tracking)
+    return array
+
+
+def _refuse_foreign(path: str | Path, target: Path, overwrite: bool) -> None:
+    """Refuse to replace (or reuse) something at ``target`` that no innerdist job wrote."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    attrs = _attrs_on_disk(target)
+    if overwrite and (attrs is None or JOB_ATTR not in attrs):
+        raise FileExistsError(
+            f"output {str(path)!r} exists and was not written by an innerdist job (no "
+            f"{JOB_ATTR} attribute); --overwrite only replaces innerdist outputs: "
+            "choose another output path or delete it yourself"
+        )
+    if attrs is None:
+        raise FileExistsError(
+            f"output {str(path)!r} already exists and is not a zarr array; "
+            "choose another output path"
+        )
+
+
+def _open_or_create(
+    path: str | Path,
+    target: Path,
+    tracking: Path,
+    job: dict[str, Any],
+    overwrite: bool,
+    create_kwargs: dict[str, Any],
+) -> Array:
+    if target.exists() or target.is_symlink():
+        _refuse_foreign(path, target, overwrite)  # again, now that the lock is held
+        attrs = _attrs_on_disk(target) or {}
+        if not overwrite:
+            same_job = attrs.get(JOB_ATTR) == job
+            complete = bool(attrs.get(COMPLETE_ATTR, True))
+            if complete and same_job:
+                logger.info("%s is already complete (same job): nothing to do", path)
+                return open_volume(path, mode="r+")
+            if complete and JOB_ATTR not in attrs:
+                raise FileExistsError(
+                    f"output {str(path)!r} already exists and was not written by an "
+                    "innerdist job; choose another output path (--overwrite only replaces "
+                    "innerdist outputs)"
+                )
+            if complete:
+                raise FileExistsError(
+                    f"output {str(path)!r} already exists; pass --overwrite to replace it "
+                    "(it holds the result of another job: other inputs or parameters)"
+                )
+            if not same_job:
+                raise FileExistsError(
+                    f"output {str(path)!r} is an unfinished output of a different job "
+                    "(other inputs or parameters); pass --overwrite to replace it"
+                )
+            logger.info("resuming %s: finished blocks are kept", path)
+            return open_volume(path, mode="r+")
     clear_tracking(tracking)
-    attrs = dict(create_kwargs.pop("attrs", None) or {})
-    attrs[JOB_ATTR] = job
-    return create_volume(path, overwrite=True, attrs=attrs, **create_kwargs)
+    attrs_new = dict(create_kwargs.pop("attrs", None) or {})
+    attrs_new[JOB_ATTR] = job
+    return create_volume(path, overwrite=True, attrs=attrs_new, **create_kwargs)
 
 
 def finish_output(array: Array, path: str | Path) -> None:
-    """Mark ``array`` complete and drop the block tracking of the job that wrote it."""
+    """Mark ``array`` complete, drop the block tracking of the job that wrote it and
+    release its lock."""
+    tracking = tracking_dir_for(path)
     mark_complete(array)
-    clear_tracking(tracking_dir_for(path))
+    clear_tracking(tracking)
     if not array.attrs.get(COMPLETE_ATTR, False):
         raise RuntimeError(f"could not mark {str(path)!r} complete")
+    release_output_lock(tracking)

@@ -1,13 +1,20 @@
 """The ``innerdist`` command line: thin wrappers that parse arguments and call the library.
 
 Heavy modules (torch, numba kernels, daisy) are imported inside the commands, after
-argument parsing, so ``innerdist --help`` is instant. Errors caused by the user's input
-(``ValueError``, ``TypeError``, missing or existing files) are printed as one line and exit
-with code 2; anything else is a bug and keeps its traceback.
+argument parsing, so ``innerdist --help`` is instant. Every failure is one line on stderr,
+``innerdist COMMAND: error: ...``:
+
+- bad input (``ValueError``, ``TypeError``, missing or existing files, bad option values
+  and other usage errors): exit code 2;
+- faults of the machine (read-only or full disk, permission denied, I/O errors: any other
+  ``OSError``), naming the path and the cause: exit code 1. Outputs stay marked
+  incomplete, so the same command resumes once the fault is fixed;
+- anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -16,10 +23,49 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
+# typer >= 0.2x runs on its own copy of click (typer._click); its contexts and usage errors
+# are those classes, not the click package's.
+try:
+    from typer._click import exceptions as click_exceptions
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - typer on the click package
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+    from click import get_current_context  # type: ignore[no-redef]
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as one line and exit code 2,
+    in the form every other error has, instead of click's boxed usage panel."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        standalone = kwargs.pop("standalone_mode", True)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click_exceptions.ClickException as e:
+            if not standalone:
+                raise
+            if isinstance(e, click_exceptions.NoArgsIsHelpError):
+                e.show()  # the help text
+                sys.exit(e.exit_code)
+            context = getattr(e, "ctx", None)
+            command = context.info_name if context is not None else None
+            prefix = "innerdist" if command in (None, "innerdist") else f"innerdist {command}"
+            typer.echo(f"{prefix}: error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            if not standalone:
+                raise
+            typer.echo("innerdist: aborted", err=True)
+            sys.exit(1)
+        if not standalone:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="innerdist",
     help="Inner-distance targets, training, blockwise prediction, segmentation and scoring "
     "of 2-D/3-D microscopy volumes. Volumes are given as CONTAINER/DATASET paths, e.g. "
@@ -38,8 +84,37 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     NotADirectoryError,
     IsADirectoryError,
-    PermissionError,
 )
+
+
+_OUTPUT_ARGUMENTS = ("out", "out_dir", "run_dir")
+
+
+def fault_message(error: OSError, output: str | None = None) -> str:
+    """One line naming the path and the cause of a fault (full or read-only disk...).
+
+    >>> fault_message(OSError(30, "Read-only file system", "out.zarr/pred"))
+    'out.zarr/pred: read-only file system (errno EROFS); choose a writable output location'
+    """
+    cause = error.strerror or str(error) or type(error).__name__
+    if cause[:2] != cause[:2].upper():  # "No space ..." -> "no space ...", keep "I/O ..."
+        cause = cause[0].lower() + cause[1:]
+    name = errno.errorcode.get(error.errno) if isinstance(error.errno, int) else None
+    code = f" (errno {name})" if name else ""
+    paths = [os.fsdecode(p) for p in (error.filename, error.filename2) if p is not None]
+    if paths:
+        where = f"{' -> '.join(paths)}: "
+    else:  # e.g. zarr's writes do not name the chunk: name the command's output
+        where = f"writing {output}: " if output else ""
+    fix = {
+        errno.ENOSPC: "free space, then run the same command again to resume",
+        errno.EDQUOT: "free space, then run the same command again to resume",
+        errno.EROFS: "choose a writable output location",
+        errno.EACCES: "check the permissions (or choose another output location)",
+        errno.EPERM: "check the permissions (or choose another output location)",
+    }.get(error.errno if isinstance(error.errno, int) else -1, "")
+    first_line = f"{where}{cause.strip().splitlines()[0] if cause.strip() else cause}{code}"
+    return f"{first_line}; {fix}" if fix else first_line
 
 
 def _expand_home(value: Any) -> Any:
@@ -54,7 +129,8 @@ def _expand_home(value: Any) -> Any:
 
 
 def user_errors_exit_2(func: F) -> F:
-    """Turn errors caused by bad input into one line on stderr and exit code 2.
+    """Turn errors caused by bad input into one line on stderr and exit code 2, and faults
+    of the machine (any other ``OSError``) into one line naming path and cause, exit 1.
 
     String arguments starting with ``~`` are expanded to the home folder first.
     """
@@ -62,14 +138,18 @@ def user_errors_exit_2(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         kwargs = {name: _expand_home(value) for name, value in kwargs.items()}
+        context = get_current_context(silent=True)
+        command = context.info_name if context else func.__name__.replace("_", "-")
         try:
             return func(*args, **kwargs)
         except USER_ERRORS as e:
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            context = click.get_current_context(silent=True)
-            command = context.info_name if context else func.__name__.replace("_", "-")
             typer.echo(f"innerdist {command}: error: {message}", err=True)
             raise typer.Exit(code=2) from None
+        except OSError as e:
+            output = next((str(kwargs[k]) for k in _OUTPUT_ARGUMENTS if kwargs.get(k)), None)
+            typer.echo(f"innerdist {command}: error: {fault_message(e, output)}", err=True)
+            raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -80,12 +160,21 @@ def _setup_logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # daisy warns about every failed block; the error that stops the command is printed
+        # once, as one line, by user_errors_exit_2 (details stay in the worker logs).
+        logging.getLogger("daisy").setLevel(logging.ERROR)
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
 Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an existing output instead of failing.")
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Replace an existing output of another innerdist job (never anything else) "
+        "instead of failing.",
+    ),
 ]
 Level = Annotated[
     int | None,
@@ -97,6 +186,33 @@ NoPyramid = Annotated[
     bool,
     typer.Option("--no-pyramid", help="Write level s0 only, no multiscale pyramid."),
 ]
+AllowIncomplete = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete",
+        help="Use an input that an innerdist job marked incomplete (half-written), with a "
+        "warning, instead of refusing it.",
+    ),
+]
+
+
+def _complete_output(path: str) -> bool:
+    """Whether ``path`` is an output that an innerdist job finished (read before a run:
+    a run that then succeeds without --overwrite was the same job, a no-op)."""
+    from innerdist.attrs import COMPLETE_ATTR
+    from innerdist.volumes import open_volume
+
+    try:
+        return open_volume(path).attrs.get(COMPLETE_ATTR) is True
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _report(result: str, *, was_complete: bool) -> None:
+    if was_complete:
+        typer.echo(f"{result} is already complete (same job): nothing to do")
+    else:
+        typer.echo(f"wrote {result}")
 
 
 @app.command()
@@ -126,6 +242,7 @@ def targets(
     from innerdist.targets import compute_targets
     from innerdist.volumes import level_path
 
+    was_complete = not overwrite and _complete_output(out)
     result = compute_targets(
         level_path(labels, level),
         out,
@@ -136,7 +253,7 @@ def targets(
         overwrite=overwrite,
         pyramid=not no_pyramid,
     )
-    typer.echo(f"wrote {result}")
+    _report(result, was_complete=was_complete)
 
 
 @app.command()
@@ -240,6 +357,7 @@ def predict(
     ] = None,
     no_pyramid: NoPyramid = False,
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
 ) -> None:
     """Predict a raw volume blockwise with a trained network (resumable: run the same
@@ -248,6 +366,7 @@ def predict(
     from innerdist.predict import parse_roi, predict_volume
     from innerdist.volumes import level_path
 
+    was_complete = not overwrite and _complete_output(out)
     result = predict_volume(
         checkpoint,
         level_path(raw, level),
@@ -261,8 +380,9 @@ def predict(
         overwrite=overwrite,
         time=time,
         pyramid=not no_pyramid,
+        allow_incomplete=allow_incomplete,
     )
-    typer.echo(f"wrote {result}")
+    _report(result, was_complete=was_complete)
 
 
 @app.command()
@@ -315,6 +435,7 @@ def segment(
     workers: Workers = 1,
     no_pyramid: NoPyramid = False,
     overwrite: Overwrite = False,
+    allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
 ) -> None:
     """Segment a prediction blockwise: instances identical to a whole-volume watershed, or
@@ -322,6 +443,7 @@ def segment(
     _setup_logging(verbose)
     from innerdist.segment import segment_volume
 
+    was_complete = not overwrite and _complete_output(out)
     result = segment_volume(
         prediction,
         out,
@@ -334,8 +456,9 @@ def segment(
         overwrite=overwrite,
         max_watershed_voxels=max_watershed_voxels,
         pyramid=not no_pyramid,
+        allow_incomplete=allow_incomplete,
     )
-    typer.echo(f"wrote {result}")
+    _report(result, was_complete=was_complete)
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:

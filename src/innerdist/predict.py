@@ -28,7 +28,6 @@ import itertools
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -593,6 +592,7 @@ def predict_volume(
     progress: bool = True,
     pyramid: bool = True,
     time: int | None = None,
+    allow_incomplete: bool = False,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -631,6 +631,11 @@ def predict_volume(
         Time point of a raw OME-Zarr image with a ``t`` axis (required there).
     pyramid
         Also write the multiscale levels ``s1, s2, ...`` (mean; :mod:`innerdist.pyramid`).
+        the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed,
+        and a complete one of the same job is returned as is (nothing to do).
+    allow_incomplete
+        Use a raw that an innerdist job marked incomplete (with a warning) instead of
+        refusing it.
 
     Returns the output path, an OME-NGFF image with the prediction as level ``s0``. The
     output covers the ROI with the raw's voxel size, has shape
@@ -640,14 +645,14 @@ def predict_volume(
     after every block is written.
     """
     from innerdist.blockwise import (
-        BlockFailedError,
         finish_output,
         open_or_create_output,
         run_blockwise,
         tracking_dir_for,
     )
     from innerdist.checkpoint import load_checkpoint
-    from innerdist.volumes import num_channels, open_volume, split_volume_path
+    from innerdist.safety import check_input_complete
+    from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
 
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
@@ -668,6 +673,7 @@ def predict_volume(
 
     ckpt = load_checkpoint(checkpoint)
     raw_array = open_volume(raw, time=time)
+    check_input_complete(raw_array.attrs, raw, "raw", allow_incomplete=allow_incomplete)
     unet = ckpt.architecture
     dims = unet.dims
     if raw_array.spatial_dims != dims:
@@ -688,7 +694,17 @@ def predict_volume(
             f"the checkpoint's model takes {unet.num_in_channels} input channel(s)"
         )
     trained_dtype = ckpt.normalization["dtype"]
-    if np.dtype(raw_array.dtype).name != trained_dtype:
+    raw_dtype = np.dtype(raw_array.dtype)
+    if raw_dtype.name != trained_dtype and raw_dtype.kind in "biu":
+        # Integer raw is in its own dtype's units; the normalisation's min/max are in the
+        # units of another dtype, so the network would see values far off its training range.
+        raise ValueError(
+            f"raw {str(raw)!r} is {raw_dtype.name} but the network was trained on "
+            f"{trained_dtype} raw with normalisation {ckpt.normalization}, which does not "
+            f"map {raw_dtype.name} values; convert the raw to {trained_dtype} in the units "
+            "the network was trained on"
+        )
+    if raw_dtype.name != trained_dtype:
         logger.warning(
             "raw %s is %s but the network was trained on %s raw; the normalisation %s is "
             "applied as is",
@@ -747,6 +763,7 @@ def predict_volume(
         out,
         job=job,
         overwrite=overwrite,
+        inputs={"raw": raw, "checkpoint": checkpoint},
         roi=roi,
         voxel_size=voxel,
         dtype=dtype,
@@ -756,6 +773,8 @@ def predict_volume(
         ome=True,
     )
 
+    if is_complete(output):
+        return str(out)  # the same job finished before: nothing to do
     threads = max(1, _cores() // num_workers)
     process = _BlockPredictor(
         model,
@@ -785,12 +804,6 @@ def predict_volume(
             num_workers=num_workers,
             progress=progress,
         )
-    except BlockFailedError as e:
-        # Worker processes report errors as text; bad raw data is the user's to fix.
-        match = re.search(r"NonFiniteRawError: ([^\n]+)", str(e))
-        if match:
-            raise NonFiniteRawError(match.group(1)) from e
-        raise
     finally:
         torch.set_num_threads(threads_before)
     if pyramid:

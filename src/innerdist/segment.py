@@ -418,6 +418,7 @@ def segment_volume(
     fallback_context: Sequence[int] | None = None,
     progress: bool = True,
     pyramid: bool = True,
+    allow_incomplete: bool = False,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -461,8 +462,12 @@ def segment_volume(
     pyramid:
         Also write the multiscale levels ``s1, s2, ...`` (most frequent id per window:
         :mod:`innerdist.pyramid`). The output is an OME-NGFF label image (level ``s0``).
+    allow_incomplete:
+        Segment a prediction that its job marked incomplete (with a warning) instead of
+        refusing it.
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
+    from innerdist.safety import check_input_complete, check_output_apart_from_inputs
     from innerdist.volumes import (
         is_complete,
         label_output_path,
@@ -499,14 +504,12 @@ def segment_volume(
     pred_container, pred_dataset = split_volume_path(prediction)
     if (out_container.resolve(), out_dataset) == (pred_container.resolve(), pred_dataset):
         raise ValueError(f"output {str(out)!r} is the prediction itself; choose another path")
+    intermediates = [out_container / f"{out_dataset}__{n}" for n in ("seeds", "fragments", "grown")]
+    check_output_apart_from_inputs([out, *intermediates], {"prediction": prediction})
 
     source = open_volume(prediction)
     pred_path = str(prediction)
-    if not is_complete(source):
-        raise ValueError(
-            f"prediction {pred_path!r} is incomplete (innerdist_complete is false: its job was "
-            "interrupted); finish it by running the same predict command again"
-        )
+    check_input_complete(source.attrs, pred_path, "prediction", allow_incomplete=allow_incomplete)
     channels = num_channels(source)
     if channels is None:
         raise ValueError(
@@ -606,6 +609,7 @@ def segment_volume(
         out,
         job=description,
         overwrite=overwrite,
+        inputs={"prediction": prediction},
         roi=source.roi,
         voxel_size=voxel_size,
         dtype=np.uint8 if mode == "threshold" else np.uint64,
@@ -620,6 +624,8 @@ def segment_volume(
         label=True,
     )
     job = dataclasses.replace(job, out=zarr_array_path(output) or job.out)
+    if is_complete(output):
+        return str(out)  # the same job finished before: nothing to do
     _forget()
     try:
         if mode == "threshold":
@@ -805,16 +811,33 @@ def _save(path: Path, **arrays: Any) -> None:
     os.replace(tmp, path)
 
 
+def _finite_block(job: _Job, lo: Sequence[int], hi: Sequence[int]) -> npt.NDArray[np.float32]:
+    """The dequantised prediction over a block; NaN/inf is refused (every voxel is read
+    here once, by the threshold or the fragments pass), not silently segmented."""
+    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    if not np.isfinite(pred).all():
+        bad = ~np.isfinite(pred)
+        first = np.argwhere(bad)[0]
+        voxel = tuple(int(a + o) for a, o in zip(first[1:], lo, strict=True))
+        raise ValueError(
+            f"prediction {job.prediction!r} holds {int(bad.sum())} non-finite value(s) "
+            f"(NaN or inf) in the block at voxels {tuple(lo)}-{tuple(hi)}, the first in "
+            f"channel {int(first[0])} at voxel {voxel}; a prediction with NaN cannot be "
+            "segmented (check the network and the raw)"
+        )
+    return pred
+
+
 def _pass_threshold(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     b, lo, hi = job.locate(write_roi)
-    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    pred = _finite_block(job, lo, hi)
     _open(job.out, "r+")[_box(lo, hi)] = (pred > job.foreground_level).astype(np.uint8)
 
 
 def _pass_fragments(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     """Pass A: components of seeds and foreground inside one block, with block-unique ids."""
     b, lo, hi = job.locate(write_roi)
-    pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    pred = _finite_block(job, lo, hi)
     seeds_out = np.zeros(pred.shape, np.uint64)
     fragments_out = np.zeros(pred.shape, np.uint64)
     stats: dict[str, Any] = {}

@@ -31,6 +31,7 @@ from innerdist.blockwise import (
     tracking_dir_for,
 )
 from innerdist.inner_distance import InnerDistancePredictor
+from innerdist.safety import check_input_complete
 from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
 
 __all__ = ["compute_targets"]
@@ -86,8 +87,7 @@ def compute_targets(
     Re-running an interrupted job resumes it.
     """
     source = open_volume(labels)
-    if not is_complete(source):
-        raise ValueError(f"labels {str(labels)!r} are an unfinished output of another job")
+    check_input_complete(source.attrs, labels, "labels", allow_incomplete=None)
     dtype = np.dtype(source.dtype)
     if dtype.kind != "b" and not np.issubdtype(dtype, np.integer):
         raise TypeError(
@@ -136,6 +136,7 @@ def compute_targets(
         out,
         job=job,
         overwrite=overwrite,
+        inputs={"labels": labels},
         roi=total_roi,
         voxel_size=voxel_size,
         dtype=np.float32,
@@ -144,6 +145,8 @@ def compute_targets(
         attrs={PREDICTOR_ATTR: predictor.to_dict(), LABELS_ATTR: str(labels)},
         ome=True,
     )
+    if is_complete(out_array):
+        return str(out)  # the same job finished before: nothing to do
     saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
     labels_path, out_path = str(labels), str(out)
 
