@@ -84,6 +84,16 @@ def _setup_logging(verbose: bool) -> None:
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+WorkerCommand = Annotated[
+    str | None,
+    typer.Option(
+        "--worker-command",
+        envvar="INNERDIST_WORKER_COMMAND",
+        help="Start each worker through this shell command template, {command} standing for "
+        "the worker, e.g. 'srun --gres=gpu:1 {command}' or 'bsub -K -n 4 {command}'; it must "
+        "wait for the worker. Inputs and outputs must be on a shared file system.",
+    ),
+]
 Overwrite = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output instead of failing.")
 ]
@@ -106,6 +116,7 @@ def targets(
         typer.Option(help="Write block shape in voxels, comma separated (default: 64 per axis)."),
     ] = None,
     workers: Workers = 1,
+    worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -120,6 +131,7 @@ def targets(
         channels=channels,
         block_shape=_parse_shape(block_shape),
         num_workers=workers,
+        worker_command=worker_command,
         overwrite=overwrite,
     )
     typer.echo(f"wrote {result}")
@@ -201,6 +213,7 @@ def predict(
         ),
     ] = None,
     workers: Workers = 1,
+    worker_command: WorkerCommand = None,
     device: Annotated[
         str | None,
         typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)."),
@@ -233,6 +246,7 @@ def predict(
         out,
         roi=parse_roi(roi) if roi is not None else None,
         num_workers=workers,
+        worker_command=worker_command,
         device=device,
         block_shape=_parse_shape(block_shape),
         batch_size=batch_size,
@@ -290,6 +304,7 @@ def segment(
         ),
     ] = 2**24,
     workers: Workers = 1,
+    worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -307,6 +322,7 @@ def segment(
         min_size=min_size,
         block_shape=_parse_shape(block_shape),
         num_workers=workers,
+        worker_command=worker_command,
         overwrite=overwrite,
         max_watershed_voxels=max_watershed_voxels,
     )
@@ -462,6 +478,26 @@ def demo(
 
     result = run_demo(out, minutes=minutes, seed=seed)
     typer.echo(result.summary())
+
+
+@app.command(hidden=True)
+def worker(
+    job_file: Annotated[str, typer.Argument(help="Job file written by the submitting run.")],
+    context: Annotated[str, typer.Option(help="daisy worker context (host, port, task).")],
+    token: Annotated[str, typer.Option(help="Name of this launch's marker files.")],
+) -> None:
+    """Run one blockwise worker of a job (started through --worker-command)."""
+    from innerdist.workers import run_worker
+
+    try:
+        count = run_worker(job_file, context=context, token=token)
+    except Exception as e:  # the launcher reports the last line; the log keeps the rest
+        import traceback
+
+        traceback.print_exc()
+        typer.echo(f"innerdist worker: error: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(code=2 if isinstance(e, USER_ERRORS) else 1) from None
+    typer.echo(f"innerdist worker: {count} block(s) done")
 
 
 def main() -> None:

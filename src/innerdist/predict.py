@@ -542,6 +542,44 @@ class _BlockPredictor:
         out[_box(out_lo, prediction.shape[1:])] = _quantize(prediction, self.dtype)
 
 
+def block_predictor_function(
+    *,
+    checkpoint: str,
+    weights_sha256: str,
+    raw: str,
+    out: str,
+    device: str,
+    tile_shape: list[int],
+    batch_size: int,
+    dtype: str,
+) -> _BlockPredictor:
+    """:class:`_BlockPredictor` rebuilt from JSON parameters, in a cluster worker: the model
+    comes from the checkpoint file (checked to hold the weights the job was started with),
+    and torch uses every core this worker was given."""
+    from innerdist.checkpoint import load_checkpoint
+    from innerdist.volumes import open_volume
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.weights_hash() != weights_sha256:
+        raise ValueError(
+            f"checkpoint {checkpoint!r} has changed since the job started (other weights); "
+            "run the job again with --overwrite"
+        )
+    return _BlockPredictor(
+        ckpt.build_model(),
+        ckpt.normalization,
+        raw=open_volume(raw),
+        raw_path=raw,
+        out=open_volume(out),
+        out_path=out,
+        device=device,
+        tile_shape=tuple(tile_shape),
+        batch_size=batch_size,
+        dtype=dtype,
+        threads=_cores(),
+    )
+
+
 def _zarr_path(path: str | Path) -> str | None:
     """The directory of a zarr (v2 or v3) array, or ``None`` when it is not one (N5)."""
     from innerdist.volumes import split_volume_path
@@ -600,6 +638,7 @@ def predict_volume(
     dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    worker_command: str | None = None,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -634,6 +673,10 @@ def predict_volume(
         Replace an existing output. Without it an existing complete output, or an
         unfinished one of a different job, raises ``FileExistsError``; an unfinished one of
         the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed.
+    worker_command
+        Start each worker through this template, e.g. ``'srun --gres=gpu:1 {command}'``
+        (default: ``$INNERDIST_WORKER_COMMAND``; unset: local processes); see
+        :mod:`innerdist.workers`. Each such worker uses all the cores it is given.
 
     Returns the output path. The output covers the ROI with the raw's voxel size, has shape
     ``(C, *spatial)`` (axis ``c^``, one channel per predictor channel) and carries the
@@ -650,7 +693,9 @@ def predict_volume(
     )
     from innerdist.checkpoint import load_checkpoint
     from innerdist.volumes import num_channels, open_volume, split_volume_path
+    from innerdist.workers import BlockFunction, resolve_worker_command
 
+    worker_command = resolve_worker_command(worker_command)
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
     num_workers = _positive_int(num_workers, "num_workers")
@@ -770,6 +815,19 @@ def predict_volume(
         dtype=dtype,
         threads=threads,
     )
+    worker_job = BlockFunction(
+        "innerdist.predict:block_predictor_function",
+        {
+            "checkpoint": job["checkpoint"],
+            "weights_sha256": job["weights_sha256"],
+            "raw": job["raw"],
+            "out": os.path.abspath(out),
+            "device": str(resolved_device),
+            "tile_shape": list(tile),
+            "batch_size": batch_size,
+            "dtype": dtype,
+        },
+    )
     import torch
 
     threads_before = torch.get_num_threads()
@@ -783,6 +841,8 @@ def predict_volume(
             tracking_dir=tracking_dir_for(out),
             num_workers=num_workers,
             progress=progress,
+            worker_command=worker_command,
+            worker_job=worker_job,
         )
     except BlockFailedError as e:
         # Worker processes report errors as text; bad raw data is the user's to fix.

@@ -55,6 +55,7 @@ All volume coordinates are voxels relative to the prediction's ROI unless named 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import math
@@ -374,6 +375,7 @@ class _Job:
     max_watershed_voxels: int
     fallback_context: tuple[int, ...]  # voxels
     progress: bool
+    worker_command: str | None = None  # start workers through it (innerdist.workers)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -420,6 +422,7 @@ def segment_volume(
     max_watershed_voxels: int = DEFAULT_MAX_WATERSHED_VOXELS,
     fallback_context: Sequence[int] | None = None,
     progress: bool = True,
+    worker_command: str | None = None,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -460,8 +463,15 @@ def segment_volume(
         Context (voxels per axis) of the fallback; default half a block.
     progress:
         Show progress bars.
+    worker_command:
+        Start each worker of the blockwise passes through this template, e.g.
+        ``'srun {command}'`` (default: ``$INNERDIST_WORKER_COMMAND``; unset: local
+        processes); see :mod:`innerdist.workers`.
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
+    from innerdist.workers import resolve_worker_command
+
+    worker_command = resolve_worker_command(worker_command)
     from innerdist.volumes import (
         is_complete,
         num_channels,
@@ -585,6 +595,7 @@ def segment_volume(
         max_watershed_voxels=max_watershed_voxels,
         fallback_context=context,
         progress=progress,
+        worker_command=worker_command,
     )
     description = {
         "task": "segment",
@@ -644,8 +655,20 @@ def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_wo
     """One blockwise pass over the write blocks. Passes that need context read it
     themselves (zero-filled outside the volume), so daisy is given none."""
     from innerdist.blockwise import run_blockwise
+    from innerdist.workers import BlockFunction
 
     voxel = Coordinate(job.voxel_size)
+    worker_job = None
+    if job.worker_command is not None:
+        paths = ("prediction", "out", "seeds", "fragments", "grown", "tracking")
+        fields = dataclasses.asdict(
+            dataclasses.replace(
+                job, worker_command=None, **{p: os.path.abspath(getattr(job, p)) for p in paths}
+            )
+        )
+        worker_job = BlockFunction(
+            "innerdist.segment:pass_function", {"job": fields, "step": process.__name__}
+        )
     run_blockwise(
         name,
         total_roi=Roi(job.offset, Coordinate(job.shape) * voxel),
@@ -655,7 +678,19 @@ def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_wo
         tracking_dir=job.tracking,
         num_workers=num_workers,
         progress=job.progress,
+        worker_command=job.worker_command,
+        worker_job=worker_job,
     )
+
+
+def pass_function(*, job: dict[str, Any], step: str) -> Callable[[Roi, Roi], None]:
+    """One pass's block function rebuilt from JSON (in a cluster worker): ``step`` names
+    a ``_pass_*`` function of this module, ``job`` the fields of its :class:`_Job`."""
+    function = globals().get(step) if step.startswith("_pass_") else None
+    if not callable(function):
+        raise ValueError(f"{step!r} is not a segmentation pass")
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in job.items()}
+    return partial(function, _Job(**fields))
 
 
 def _finish(job: _Job, output: Array) -> None:

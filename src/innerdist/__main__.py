@@ -1,0 +1,5 @@
+"""``python -m innerdist``: the command line (how cluster workers are started)."""
+
+from innerdist.cli import main
+
+main()
