@@ -340,3 +340,102 @@ def test_killed_workers_resume_to_the_same_output(inputs: dict[str, Any], comman
 
     finish(cli(inputs, command, out, "--workers", "2", "--worker-command", SUBMIT))
     np.testing.assert_array_equal(zarr_read(watched), inputs["local"][command])
+
+
+# --- GPUs for workers ------------------------------------------------------------------------
+
+
+def test_worker_id_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from innerdist.workers import worker_id_from_env
+
+    monkeypatch.delenv("DAISY_CONTEXT", raising=False)
+    assert worker_id_from_env() is None
+    monkeypatch.setenv("DAISY_CONTEXT", "hostname=h:task_id=t:worker_id=3:port=1:logdir=x")
+    assert worker_id_from_env() == 3
+    monkeypatch.setenv("DAISY_CONTEXT", "hostname=h:port=1")
+    assert worker_id_from_env() is None
+
+
+def test_gpus_are_claimed_one_per_worker(tmp_path: Path) -> None:
+    from innerdist.workers import claim_gpu
+
+    ids = ["GPU-a", "GPU-b", "GPU-c"]
+    first, h1 = claim_gpu(4, ids, tmp_path)  # 4 % 3: starts at the second GPU
+    second, h2 = claim_gpu(1, ids, tmp_path)  # wants the second too: gets the next free one
+    third, h3 = claim_gpu(0, ids, tmp_path)
+    assert (first, second, third) == (1, 2, 0)
+    with pytest.raises(RuntimeError, match="all 3 visible GPU.* are held by other innerdist"):
+        claim_gpu(0, ids, tmp_path)
+    h2.close()  # a worker that exits (or is killed) frees its GPU for its replacement
+    assert claim_gpu(7, ids, tmp_path)[0] == 2
+    with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
+        claim_gpu(0, [], tmp_path)
+    h1.close()
+    h3.close()
+
+
+def test_a_daisy_worker_on_cuda_takes_a_free_gpu(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    import tempfile
+
+    import torch
+
+    from innerdist.predict import _worker_device
+
+    class Props:
+        def __init__(self, i: int) -> None:
+            self.uuid = f"test-{tmp_path.name}-{i}"
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", Props)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("DAISY_CONTEXT", raising=False)
+    assert _worker_device("cuda") == ("cuda", None)  # serial: this process's default GPU
+    monkeypatch.setenv("DAISY_CONTEXT", "hostname=h:task_id=t:worker_id=1:port=1")
+    assert _worker_device("cuda:0") == ("cuda:0", None)  # a named GPU is used as named
+    assert _worker_device("cpu") == ("cpu", None)
+    name, claim = _worker_device("cuda")
+    assert name == "cuda:1"
+    assert _worker_device("cuda")[0] == "cuda:0"  # worker 1 again (a replacement): GPU 0
+    claim.close()
+
+
+def test_local_cuda_workers_may_not_outnumber_the_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from innerdist.predict import _check_gpu_workers
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    cuda = torch.device("cuda")
+    _check_gpu_workers(cuda, 2, local=True)
+    _check_gpu_workers(cuda, 5, local=False)  # cluster workers: a GPU per worker's node
+    _check_gpu_workers(torch.device("cuda:1"), 5, local=True)  # shared on purpose
+    _check_gpu_workers(torch.device("cpu"), 5, local=True)
+    with pytest.raises(ValueError, match=r"3 workers on device 'cuda' need 3 GPUs, but 2 are "
+                       r"visible \(CUDA_VISIBLE_DEVICES=4,5\); use --workers 2 or fewer"):
+        _check_gpu_workers(cuda, 3, local=True)
+
+
+def test_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from innerdist.predict import _check_precision, _Runner
+
+    assert _check_precision("fp32", torch.device("cpu")) == "fp32"
+    assert _check_precision("bf16", torch.device("cuda")) == "bf16"
+    with pytest.raises(ValueError, match=r"precision must be one of \['fp32', 'fp16', 'bf16'\]"):
+        _check_precision("fp8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="'fp16' is for prediction on a CUDA GPU; the device is"):
+        _check_precision("fp16", torch.device("cpu"))
+    # The half-precision path really runs the network in half precision (bf16 autocast
+    # exists on the CPU too): close to fp32, not equal.
+    from innerdist.checkpoint import random_checkpoint
+
+    model = random_checkpoint(tiny_unet(2), tiny_predictor(1), (1, 1), NORM_UINT8,
+                              seed=2).build_model().eval()
+    batch = np.random.default_rng(0).random((1, 1, 44, 44), dtype=np.float32)
+    full = _Runner(model, torch.device("cpu")).forward(batch)
+    half = _Runner(model, torch.device("cpu"), precision="bf16").forward(batch)
+    assert half.dtype == np.float32 and half.shape == full.shape
+    assert 0 < np.abs(half - full).max() < 0.05

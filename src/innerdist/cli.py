@@ -232,6 +232,10 @@ def predict(
         str,
         typer.Option(help="Output dtype: float32, float16 or uint8 (quantized to [0, 1])."),
     ] = "float32",
+    precision: Annotated[
+        str,
+        typer.Option(help="Forward pass precision: fp32, or fp16/bf16 on a CUDA GPU (faster)."),
+    ] = "fp32",
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -251,6 +255,7 @@ def predict(
         block_shape=_parse_shape(block_shape),
         batch_size=batch_size,
         dtype=dtype,
+        precision=precision,
         overwrite=overwrite,
     )
     typer.echo(f"wrote {result}")

@@ -61,6 +61,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
+#: ``--precision``: the autocast dtype of the forward pass on a CUDA GPU (None: fp32).
+PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 QUANTIZATION_ATTR = "innerdist_quantization"
 POSTPROCESSING_ATTR = "innerdist_postprocessing"
 PREDICTOR_ATTR = "innerdist_predictor"
@@ -223,6 +225,7 @@ class _Runner:
         *,
         tile_shape: Sequence[int] | None = None,
         batch_size: int = 1,
+        precision: str = "fp32",
     ) -> None:
         from innerdist.architecture import UNet
 
@@ -236,11 +239,15 @@ class _Runner:
         self.tiling = _Tiling(model.architecture, tile_shape)
         self.batch_size = batch_size
         self.num_out_channels = model.num_out_channels
+        self.precision = precision
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        half = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=getattr(torch, half or "float16"), enabled=half is not None
+        ):
             x = torch.from_numpy(batch).to(self.device)
             y = self.model(x)
             return y.float().cpu().numpy()
@@ -342,6 +349,54 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return resolved
+
+
+def _check_precision(precision: Any, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(
+            f"precision {precision!r} is for prediction on a CUDA GPU; the device is "
+            f"{str(device)!r} (use fp32 there)"
+        )
+    return str(precision)
+
+
+def _check_gpu_workers(device: torch.device, num_workers: int, local: bool) -> None:
+    """Local workers on ``cuda`` each take a GPU of their own: no more workers than GPUs."""
+    import torch
+
+    if not local or device.type != "cuda" or device.index is not None or num_workers == 1:
+        return
+    count = torch.cuda.device_count()
+    if num_workers > count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ValueError(
+            f"{num_workers} workers on device 'cuda' need {num_workers} GPUs, but {count} "
+            f"are visible (CUDA_VISIBLE_DEVICES={visible}); use --workers {count} or fewer, "
+            "or name one GPU (cuda:N) to share it on purpose"
+        )
+
+
+def _worker_device(device: str) -> tuple[str, Any]:
+    """The device of this worker: in a daisy worker on plain ``cuda``, a visible GPU that
+    no other innerdist worker on this machine holds (see :func:`innerdist.workers.claim_gpu`;
+    the returned handle keeps the claim); otherwise ``device`` as given."""
+    from innerdist.workers import claim_gpu, worker_id_from_env
+
+    worker_id = worker_id_from_env()
+    if device != "cuda" or worker_id is None:
+        return device, None
+    import tempfile
+
+    import torch
+
+    ids = [
+        str(getattr(torch.cuda.get_device_properties(i), "uuid", i))
+        for i in range(torch.cuda.device_count())
+    ]
+    index, handle = claim_gpu(worker_id, ids, tempfile.gettempdir())
+    return f"cuda:{index}", handle
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -464,8 +519,10 @@ class _BlockPredictor:
         batch_size: int,
         dtype: str,
         threads: int,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
+        self.precision = precision
         self.normalization = dict(normalization)
         self.raw_path = raw_path
         self.raw_zarr = _zarr_path(raw_path)
@@ -481,10 +538,12 @@ class _BlockPredictor:
         self.dtype = dtype
         self.threads = threads
         self._state: tuple[_Runner, Any, Any] | None = None
+        self._gpu_claim: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_state"] = None  # devices and open volumes are set up in each worker
+        state["_gpu_claim"] = None
         return state
 
     def _setup(self) -> tuple[_Runner, Any, Any]:
@@ -493,12 +552,14 @@ class _BlockPredictor:
             import zarr
 
             torch.set_num_threads(self.threads)
-            device = torch.device(self.device)
+            name, self._gpu_claim = _worker_device(self.device)
+            device = torch.device(name)
             runner = _Runner(
                 self.model.to(device).eval(),
                 device,
                 tile_shape=self.tile_shape,
                 batch_size=self.batch_size,
+                precision=self.precision,
             )
             if self.raw_zarr is not None:
                 raw: Any = zarr.open_array(self.raw_zarr, mode="r")
@@ -552,6 +613,7 @@ def block_predictor_function(
     tile_shape: list[int],
     batch_size: int,
     dtype: str,
+    precision: str = "fp32",
 ) -> _BlockPredictor:
     """:class:`_BlockPredictor` rebuilt from JSON parameters, in a cluster worker: the model
     comes from the checkpoint file (checked to hold the weights the job was started with),
@@ -577,6 +639,7 @@ def block_predictor_function(
         batch_size=batch_size,
         dtype=dtype,
         threads=_cores(),
+        precision=precision,
     )
 
 
@@ -639,6 +702,7 @@ def predict_volume(
     overwrite: bool = False,
     progress: bool = True,
     worker_command: str | None = None,
+    precision: str = "fp32",
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -677,6 +741,11 @@ def predict_volume(
         Start each worker through this template, e.g. ``'srun --gres=gpu:1 {command}'``
         (default: ``$INNERDIST_WORKER_COMMAND``; unset: local processes); see
         :mod:`innerdist.workers`. Each such worker uses all the cores it is given.
+        Workers on plain ``cuda`` each take a visible GPU of their own
+        (``CUDA_VISIBLE_DEVICES`` respected); local workers may not outnumber the GPUs.
+    precision
+        ``"fp32"``, or ``"fp16"``/``"bf16"`` autocast on a CUDA GPU (faster; differs from
+        fp32 by up to the amount ``bench/gpu_check.sh`` measures).
 
     Returns the output path. The output covers the ROI with the raw's voxel size, has shape
     ``(C, *spatial)`` (axis ``c^``, one channel per predictor channel) and carries the
@@ -703,6 +772,8 @@ def predict_volume(
     if roi is not None and not isinstance(roi, Roi):
         raise TypeError(f"roi must be a funlib.geometry.Roi (world units), got {roi!r}")
     resolved_device = _resolve_device(device)
+    precision = _check_precision(precision, resolved_device)
+    _check_gpu_workers(resolved_device, num_workers, local=worker_command is None)
     raw_container, raw_dataset = split_volume_path(raw)
     out_container, out_dataset = split_volume_path(out)
     if raw_container.resolve() == out_container.resolve() and raw_dataset == out_dataset:
@@ -782,6 +853,8 @@ def predict_volume(
         "dtype": dtype,
         "block_shape": list(block),
     }
+    if precision != "fp32":  # fp32 jobs keep the description they always had
+        job["precision"] = precision
     attrs: dict[str, Any] = {
         PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
     }
@@ -814,6 +887,7 @@ def predict_volume(
         batch_size=batch_size,
         dtype=dtype,
         threads=threads,
+        precision=precision,
     )
     worker_job = BlockFunction(
         "innerdist.predict:block_predictor_function",
@@ -826,6 +900,7 @@ def predict_volume(
             "tile_shape": list(tile),
             "batch_size": batch_size,
             "dtype": dtype,
+            "precision": precision,
         },
     )
     import torch

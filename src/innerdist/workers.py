@@ -39,10 +39,10 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from funlib.geometry import Coordinate, Roi
 
@@ -53,6 +53,7 @@ __all__ = [
     "WorkerCommandError",
     "WorkerLauncher",
     "check_worker_command",
+    "claim_gpu",
     "job_file_for",
     "launch_failure",
     "max_worker_restarts",
@@ -60,6 +61,7 @@ __all__ = [
     "resolve_worker_command",
     "run_worker",
     "worker_argv",
+    "worker_id_from_env",
     "write_job_file",
 ]
 
@@ -288,6 +290,52 @@ def launch_failure(workers_dir: str | Path) -> WorkerCommandError | None:
         f"({len(records)} launch(es) failed); its last output line: {record['last_line']!r} "
         f"(full output: {record['log']}). The template must run {PLACEHOLDER} and wait for "
         "it (e.g. 'bsub -K ...', 'srun ...', 'sbatch --wait ...')."
+    )
+
+
+# --- GPUs ---------------------------------------------------------------------------------
+
+
+def worker_id_from_env() -> int | None:
+    """This process's daisy worker id, when it is a daisy worker (``DAISY_CONTEXT``)."""
+    text = os.environ.get("DAISY_CONTEXT")
+    if not text:
+        return None
+    fields = dict(item.split("=", 1) for item in text.split(":") if "=" in item)
+    try:
+        return int(fields["worker_id"])
+    except (KeyError, ValueError):
+        return None
+
+
+def claim_gpu(worker_id: int, gpu_ids: Sequence[str], lock_dir: str | Path) -> tuple[int, IO[str]]:
+    """Index of a visible GPU that no other innerdist worker on this machine holds.
+
+    ``gpu_ids`` are the visible GPUs' identities (UUIDs, so that processes with different
+    ``CUDA_VISIBLE_DEVICES`` agree). GPUs are tried from ``worker_id % len(gpu_ids)`` on;
+    the claim is an exclusive ``flock`` on ``lock_dir/innerdist-gpu-<id>.lock``, held by
+    the returned open file and released by the OS when the worker exits (also when it is
+    killed), so a replacement worker finds the GPU free. Raises :class:`RuntimeError` when
+    every visible GPU is held: one GPU is never shared by accident.
+    """
+    import fcntl
+
+    count = len(gpu_ids)
+    if count == 0:
+        raise RuntimeError("no CUDA GPU is visible to this worker (CUDA_VISIBLE_DEVICES?)")
+    for k in range(count):
+        index = (worker_id + k) % count
+        handle = open(Path(lock_dir) / f"innerdist-gpu-{gpu_ids[index]}.lock", "w")  # noqa: SIM115
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return index, handle
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    raise RuntimeError(
+        f"all {count} visible GPU(s) are held by other innerdist workers on this machine "
+        f"(CUDA_VISIBLE_DEVICES={visible}); use at most one worker per GPU"
     )
 
 
