@@ -236,6 +236,14 @@ def predict(
         str,
         typer.Option(help="Forward pass precision: fp32, or fp16/bf16 on a CUDA GPU (faster)."),
     ] = "fp32",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (blocks, per-block time and memory measured on one sample "
+            "block, output size, estimated wall time) and write nothing.",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -256,9 +264,10 @@ def predict(
         batch_size=batch_size,
         dtype=dtype,
         precision=precision,
+        dry_run=dry_run,
         overwrite=overwrite,
     )
-    typer.echo(f"wrote {result}")
+    typer.echo(result if dry_run else f"wrote {result}")
 
 
 @app.command()

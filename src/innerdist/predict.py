@@ -643,6 +643,70 @@ def block_predictor_function(
     )
 
 
+def _plan(
+    model: Model,
+    normalization: Mapping[str, Any],
+    *,
+    raw_array: Array,
+    raw: str,
+    roi: Roi,
+    block: tuple[int, ...],
+    tile: tuple[int, ...],
+    margin: Coordinate,
+    device: str,
+    batch_size: int,
+    dtype: str,
+    precision: str,
+    threads: int,
+    num_workers: int,
+    channels: int,
+    cluster: bool,
+) -> str:
+    """The ``dry_run`` of :func:`predict_volume`: one sample block from the middle of
+    ``roi``, predicted into a temporary output, timed and measured."""
+    import tempfile
+
+    import torch
+
+    from innerdist.plan import Plan, measure_block, output_bytes, worker_startup_seconds
+    from innerdist.volumes import create_volume
+
+    voxel = Coordinate(raw_array.voxel_size)
+    shape = tuple(int(s) for s in roi.shape / voxel)
+    grid = [math.ceil(s / b) for s, b in zip(shape, block, strict=True)]
+    middle = Coordinate(g // 2 * b for g, b in zip(grid, block, strict=True))
+    write_roi = Roi(roi.offset + middle * voxel, Coordinate(block) * voxel).intersect(roi)
+    threads_before = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
+        sample_path = str(Path(tmp) / "plan.zarr" / "pred")
+        sample = create_volume(sample_path, roi=roi, voxel_size=voxel, dtype=dtype,
+                               num_channels=channels, chunk_shape=block)
+        process = _BlockPredictor(
+            model, normalization, raw=raw_array, raw_path=raw, out=sample,
+            out_path=sample_path, device=device, tile_shape=tile, batch_size=batch_size,
+            dtype=dtype, threads=threads, precision=precision,
+        )
+        try:
+            seconds, host, gpu = measure_block(
+                process, write_roi.grow(margin * voxel, margin * voxel), write_roi,
+                device=device,
+            )
+        finally:
+            torch.set_num_threads(threads_before)
+    startup = (
+        worker_startup_seconds(["torch", "zarr", "innerdist.predict", "innerdist.workers"])
+        if num_workers > 1 or cluster
+        else 0.0
+    )
+    return str(Plan(
+        job="predict", blocks=math.prod(grid), block_shape=block, workers=num_workers,
+        block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=gpu,
+        output_bytes=output_bytes(shape, channels, dtype),
+        output_description=f"{dtype}, {channels} channel(s), uncompressed",
+        worker_startup_seconds=startup,
+    ))
+
+
 def _zarr_path(path: str | Path) -> str | None:
     """The directory of a zarr (v2 or v3) array, or ``None`` when it is not one (N5)."""
     from innerdist.volumes import split_volume_path
@@ -703,6 +767,7 @@ def predict_volume(
     progress: bool = True,
     worker_command: str | None = None,
     precision: str = "fp32",
+    dry_run: bool = False,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -746,6 +811,11 @@ def predict_volume(
     precision
         ``"fp32"``, or ``"fp16"``/``"bf16"`` autocast on a CUDA GPU (faster; differs from
         fp32 by up to the amount ``bench/gpu_check.sh`` measures).
+    dry_run
+        Check everything, run one sample block into a temporary folder and return the
+        plan's text (:class:`innerdist.plan.Plan`: blocks, measured per-block time and
+        memory, output size, estimated wall time) instead of the output path; nothing
+        is written to ``out``.
 
     Returns the output path. The output covers the ROI with the raw's voxel size, has shape
     ``(C, *spatial)`` (axis ``c^``, one channel per predictor channel) and carries the
@@ -855,6 +925,14 @@ def predict_volume(
     }
     if precision != "fp32":  # fp32 jobs keep the description they always had
         job["precision"] = precision
+    threads = max(1, _cores() // num_workers) if worker_command is None else _cores()
+    if dry_run:
+        return _plan(
+            model, ckpt.normalization, raw_array=raw_array, raw=str(raw), roi=roi, block=block,
+            tile=tile, margin=margin, device=str(resolved_device), batch_size=batch_size,
+            dtype=dtype, precision=precision, threads=threads, num_workers=num_workers,
+            channels=ckpt.predictor.embedding_dims, cluster=worker_command is not None,
+        )
     attrs: dict[str, Any] = {
         PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
     }
@@ -874,7 +952,6 @@ def predict_volume(
         attrs=attrs,
     )
 
-    threads = max(1, _cores() // num_workers)
     process = _BlockPredictor(
         model,
         ckpt.normalization,
