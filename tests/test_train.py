@@ -636,3 +636,42 @@ def test_cli_trains_and_reports(data_dir: Path, tmp_path: Path) -> None:
     assert "trained 2 iterations (resumed from 0)" in result.output
     assert f"best checkpoint: {tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in result.output
     assert math.isfinite(float(read_csv(tmp_path / "r" / "stats.csv")[-1]["loss"]))
+
+
+def test_gradient_clipping_clips_the_unscaled_gradients(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[float, float]] = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def recorded(params: Any, max_norm: float, *args: Any, **kwargs: Any) -> torch.Tensor:
+        params = list(params)
+        norm = original(params, max_norm, *args, **kwargs)
+        after = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])
+        )
+        calls.append((float(norm), float(after)))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded)
+    data = config_dict(data_dir, iterations=3, checkpoint_interval=3, max_grad_norm=1e-3)
+    data["data"]["validate"] = []
+    train(write_config(tmp_path, data), progress=False)
+    assert len(calls) == 3  # once per iteration
+    assert all(before > 1e-3 and after <= 1.001e-3 for before, after in calls)
+
+
+def test_losses_read_back_in_groups_log_the_same_rows(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = config_dict(data_dir, iterations=7, checkpoint_interval=7)
+    data["data"]["validate"] = []
+    every = read_csv(train(write_config(tmp_path / "a", data), progress=False).run_dir
+                     / "stats.csv")
+    # As on a GPU: the losses are read back three iterations at a time.
+    monkeypatch.setattr(train_module, "_loss_sync_is_free", lambda device: False)
+    monkeypatch.setattr(train_module, "LOSS_SYNC_INTERVAL", 3)
+    grouped = read_csv(train(write_config(tmp_path / "b", data), progress=False).run_dir
+                       / "stats.csv")
+    assert [r["iteration"] for r in grouped] == [str(i) for i in range(1, 8)]
+    assert [r["loss"] for r in grouped] == [r["loss"] for r in every]

@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import daisy.v2 as daisy
 from daisy import logging as daisy_logging
@@ -76,6 +76,9 @@ __all__ = [
     "run_blockwise",
     "tracking_dir_for",
 ]
+
+if TYPE_CHECKING:
+    from innerdist.workers import BlockFunction
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +178,8 @@ def run_blockwise(
     tracking_dir: str | Path,
     num_workers: int = 1,
     progress: bool = True,
+    worker_command: str | None = None,
+    worker_job: BlockFunction | None = None,
 ) -> None:
     """Call ``process(read_roi, write_roi)`` for every block of ``total_roi``.
 
@@ -197,6 +202,11 @@ def run_blockwise(
         Directory where finished blocks are recorded; reuse it to resume.
     num_workers:
         Worker processes; 1 runs serially in this process.
+    worker_command:
+        A template such as ``'srun {command}'``: each of the ``num_workers`` workers is
+        started through it (see :mod:`innerdist.workers`), even for one worker. Then
+        ``worker_job`` must describe ``process`` so that a worker can rebuild it from the
+        job file; ``process`` itself is not used.
 
     Raises
     ------
@@ -225,7 +235,7 @@ def run_blockwise(
     errors = _errors_dir(tracking_dir, name)
     if errors.exists():
         shutil.rmtree(errors)  # from an earlier run; only this run's errors count
-    parallel = num_workers > 1
+    parallel = num_workers > 1 or worker_command is not None
 
     def process_block(block: daisy.Block) -> None:
         try:
@@ -235,6 +245,28 @@ def run_blockwise(
                 _record_error(errors, e)
             raise
 
+    worker_function: Callable[..., None] = process_block
+    restarts: dict[str, int] = {}
+    workers_dir: str | None = None
+    if worker_command is not None:
+        from innerdist import workers
+
+        worker_command = workers.check_worker_command(worker_command)
+        if worker_job is None:
+            raise TypeError("run_blockwise with a worker_command needs worker_job")
+        tracking_dir = Path(os.path.abspath(tracking_dir))  # workers start elsewhere
+        job_file = workers.write_job_file(
+            workers.job_file_for(tracking_dir, name),
+            name=name,
+            block_function=worker_job,
+            total_roi=total_roi,
+            block_shape=block_shape,
+            context=context,
+        )
+        workers_dir = str(job_file.parent / f"{name}.workers")
+        worker_function = workers.WorkerLauncher(worker_command, str(job_file), workers_dir)
+        restarts = {"max_worker_restarts": workers.max_worker_restarts()}
+
     # Worker logs go next to the block tracking, not into the current directory.
     daisy_logging.set_log_basedir(Path(tracking_dir) / "logs")
     task = daisy.Task(
@@ -242,23 +274,39 @@ def run_blockwise(
         total_roi=total_roi.grow(context, context),
         read_roi=Roi((0,) * total_roi.dims, block_shape + context * 2),
         write_roi=Roi(context, block_shape),
-        process_function=process_block,
+        process_function=worker_function,
         read_write_conflict=False,
         fit="shrink",
         max_workers=num_workers,
         max_retries=1,
         tracking_path=str(Path(tracking_dir) / name),
+        **restarts,
     )
     quiet = _stderr_to(Path(tracking_dir) / "logs" / "stderr.log") if parallel else None
-    with quiet or contextlib.nullcontext():
-        states = daisy.run_blockwise(
-            [task],
-            multiprocessing=parallel,
-            progress=progress,
-            return_states=True,
-            summary=False,
-        )
+    try:
+        with quiet or contextlib.nullcontext():
+            states = daisy.run_blockwise(
+                [task],
+                multiprocessing=parallel,
+                progress=progress,
+                return_states=True,
+                summary=False,
+            )
+    except RuntimeError:
+        if workers_dir is not None:
+            from innerdist.workers import launch_failure
+
+            failure = launch_failure(workers_dir)
+            if failure is not None:
+                raise failure from None
+        raise
     state = states[name]
+    if workers_dir is not None and state.completed_count != state.total_block_count:
+        from innerdist.workers import launch_failure
+
+        failure = launch_failure(workers_dir)
+        if failure is not None:
+            raise failure
     if state.completed_count != state.total_block_count:
         summary = (
             f"{name}: {state.total_block_count - state.completed_count} of "

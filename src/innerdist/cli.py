@@ -168,6 +168,16 @@ def _setup_logging(verbose: bool) -> None:
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+WorkerCommand = Annotated[
+    str | None,
+    typer.Option(
+        "--worker-command",
+        envvar="INNERDIST_WORKER_COMMAND",
+        help="Start each worker through this shell command template, {command} standing for "
+        "the worker, e.g. 'srun --gres=gpu:1 {command}' or 'bsub -K -n 4 {command}'; it must "
+        "wait for the worker. Inputs and outputs must be on a shared file system.",
+    ),
+]
 Overwrite = Annotated[
     bool,
     typer.Option(
@@ -234,6 +244,7 @@ def targets(
     workers: Workers = 1,
     level: Level = None,
     no_pyramid: NoPyramid = False,
+    worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -250,6 +261,7 @@ def targets(
         channels=channels,
         block_shape=_parse_shape(block_shape),
         num_workers=workers,
+        worker_command=worker_command,
         overwrite=overwrite,
         pyramid=not no_pyramid,
     )
@@ -332,6 +344,7 @@ def predict(
         ),
     ] = None,
     workers: Workers = 1,
+    worker_command: WorkerCommand = None,
     device: Annotated[
         str | None,
         typer.Option(help="cpu, cuda or cuda:N (default: cuda when available)."),
@@ -356,6 +369,18 @@ def predict(
         typer.Option(min=0, help="Time point of an OME-Zarr raw with a t axis (0-based)."),
     ] = None,
     no_pyramid: NoPyramid = False,
+    precision: Annotated[
+        str,
+        typer.Option(help="Forward pass precision: fp32, or fp16/bf16 on a CUDA GPU (faster)."),
+    ] = "fp32",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (blocks, per-block time and memory measured on one sample "
+            "block, output size, estimated wall time) and write nothing.",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
@@ -373,16 +398,22 @@ def predict(
         out,
         roi=parse_roi(roi) if roi is not None else None,
         num_workers=workers,
+        worker_command=worker_command,
         device=device,
         block_shape=_parse_shape(block_shape),
         batch_size=batch_size,
         dtype=dtype,
+        precision=precision,
+        dry_run=dry_run,
         overwrite=overwrite,
         time=time,
         pyramid=not no_pyramid,
         allow_incomplete=allow_incomplete,
     )
-    _report(result, was_complete=was_complete)
+    if dry_run:
+        typer.echo(result)
+    else:
+        _report(result, was_complete=was_complete)
 
 
 @app.command()
@@ -434,6 +465,7 @@ def segment(
     ] = 2**24,
     workers: Workers = 1,
     no_pyramid: NoPyramid = False,
+    worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
     allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
@@ -453,6 +485,7 @@ def segment(
         min_size=min_size,
         block_shape=_parse_shape(block_shape),
         num_workers=workers,
+        worker_command=worker_command,
         overwrite=overwrite,
         max_watershed_voxels=max_watershed_voxels,
         pyramid=not no_pyramid,
@@ -620,6 +653,26 @@ def demo(
 
     result = run_demo(out, minutes=minutes, seed=seed)
     typer.echo(result.summary())
+
+
+@app.command(hidden=True)
+def worker(
+    job_file: Annotated[str, typer.Argument(help="Job file written by the submitting run.")],
+    context: Annotated[str, typer.Option(help="daisy worker context (host, port, task).")],
+    token: Annotated[str, typer.Option(help="Name of this launch's marker files.")],
+) -> None:
+    """Run one blockwise worker of a job (started through --worker-command)."""
+    from innerdist.workers import run_worker
+
+    try:
+        count = run_worker(job_file, context=context, token=token)
+    except Exception as e:  # the launcher reports the last line; the log keeps the rest
+        import traceback
+
+        traceback.print_exc()
+        typer.echo(f"innerdist worker: error: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(code=2 if isinstance(e, USER_ERRORS) else 1) from None
+    typer.echo(f"innerdist worker: {count} block(s) done")
 
 
 def main() -> None:

@@ -295,7 +295,8 @@ class TrainingConfig(_Strict):
 
     ``normalization`` left out means: from the raw dtype (uint8 0..255, uint16 0..65535,
     floats 0..1). ``device: auto`` picks ``cuda`` when available. ``amp`` (mixed
-    precision) is used on CUDA only and ignored on the CPU. ``num_workers`` data-loader
+    precision) is used on CUDA only and ignored on the CPU. ``max_grad_norm`` clips the
+    gradients' total norm (of the unscaled gradients under fp16 AMP). ``num_workers`` data-loader
     processes do not change the sample stream: sample ``i`` is always drawn from
     ``seed`` and ``i``.
     """
@@ -315,6 +316,7 @@ class TrainingConfig(_Strict):
     normalization: NormalizationConfig | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    max_grad_norm: float | None = Field(default=None, gt=0)
 
 
 # --- validation -------------------------------------------------------------------------

@@ -61,6 +61,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = ("float32", "float16", "uint8")
+#: ``--precision``: the autocast dtype of the forward pass on a CUDA GPU (None: fp32).
+PRECISIONS: dict[str, str | None] = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
 # value = stored * scale + offset. Inner-distance predictions live in [0, 1); uint8 spends its
 # 256 levels there (values outside are clipped), float16 keeps the value itself.
@@ -220,6 +222,7 @@ class _Runner:
         *,
         tile_shape: Sequence[int] | None = None,
         batch_size: int = 1,
+        precision: str = "fp32",
     ) -> None:
         from innerdist.architecture import UNet
 
@@ -233,11 +236,15 @@ class _Runner:
         self.tiling = _Tiling(model.architecture, tile_shape)
         self.batch_size = batch_size
         self.num_out_channels = model.num_out_channels
+        self.precision = precision
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
+        half = PRECISIONS[self.precision]
+        with torch.inference_mode(), torch.autocast(
+            self.device.type, dtype=getattr(torch, half or "float16"), enabled=half is not None
+        ):
             x = torch.from_numpy(batch).to(self.device)
             y = self.model(x)
             return y.float().cpu().numpy()
@@ -339,6 +346,54 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if resolved.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return resolved
+
+
+def _check_precision(precision: Any, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and device.type != "cuda":
+        raise ValueError(
+            f"precision {precision!r} is for prediction on a CUDA GPU; the device is "
+            f"{str(device)!r} (use fp32 there)"
+        )
+    return str(precision)
+
+
+def _check_gpu_workers(device: torch.device, num_workers: int, local: bool) -> None:
+    """Local workers on ``cuda`` each take a GPU of their own: no more workers than GPUs."""
+    import torch
+
+    if not local or device.type != "cuda" or device.index is not None or num_workers == 1:
+        return
+    count = torch.cuda.device_count()
+    if num_workers > count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        raise ValueError(
+            f"{num_workers} workers on device 'cuda' need {num_workers} GPUs, but {count} "
+            f"are visible (CUDA_VISIBLE_DEVICES={visible}); use --workers {count} or fewer, "
+            "or name one GPU (cuda:N) to share it on purpose"
+        )
+
+
+def _worker_device(device: str) -> tuple[str, Any]:
+    """The device of this worker: in a daisy worker on plain ``cuda``, a visible GPU that
+    no other innerdist worker on this machine holds (see :func:`innerdist.workers.claim_gpu`;
+    the returned handle keeps the claim); otherwise ``device`` as given."""
+    from innerdist.workers import claim_gpu, worker_id_from_env
+
+    worker_id = worker_id_from_env()
+    if device != "cuda" or worker_id is None:
+        return device, None
+    import tempfile
+
+    import torch
+
+    ids = [
+        str(getattr(torch.cuda.get_device_properties(i), "uuid", i))
+        for i in range(torch.cuda.device_count())
+    ]
+    index, handle = claim_gpu(worker_id, ids, tempfile.gettempdir())
+    return f"cuda:{index}", handle
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -462,8 +517,10 @@ class _BlockPredictor:
         batch_size: int,
         dtype: str,
         threads: int,
+        precision: str = "fp32",
     ) -> None:
         self.model = model
+        self.precision = precision
         self.normalization = dict(normalization)
         self.raw_path = raw_path
         self.raw_time = raw_time
@@ -484,10 +541,12 @@ class _BlockPredictor:
         self.dtype = dtype
         self.threads = threads
         self._state: tuple[_Runner, Any, Any] | None = None
+        self._gpu_claim: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_state"] = None  # devices and open volumes are set up in each worker
+        state["_gpu_claim"] = None
         return state
 
     def _setup(self) -> tuple[_Runner, Any, Any]:
@@ -496,12 +555,14 @@ class _BlockPredictor:
             import zarr
 
             torch.set_num_threads(self.threads)
-            device = torch.device(self.device)
+            name, self._gpu_claim = _worker_device(self.device)
+            device = torch.device(name)
             runner = _Runner(
                 self.model.to(device).eval(),
                 device,
                 tile_shape=self.tile_shape,
                 batch_size=self.batch_size,
+                precision=self.precision,
             )
             if self.raw_zarr is not None:
                 raw: Any = zarr.open_array(self.raw_zarr, mode="r")
@@ -543,6 +604,112 @@ class _BlockPredictor:
         prediction = _predict_region(runner, read, lo, hi)
         out_lo = [int(b) for b in (write.begin - self.out_roi.begin) / self.voxel]
         out[_box(out_lo, prediction.shape[1:])] = _quantize(prediction, self.dtype)
+
+
+def block_predictor_function(
+    *,
+    checkpoint: str,
+    weights_sha256: str,
+    raw: str,
+    out: str,
+    device: str,
+    tile_shape: list[int],
+    batch_size: int,
+    dtype: str,
+    precision: str = "fp32",
+    time: int | None = None,
+) -> _BlockPredictor:
+    """:class:`_BlockPredictor` rebuilt from JSON parameters, in a cluster worker: the model
+    comes from the checkpoint file (checked to hold the weights the job was started with),
+    and torch uses every core this worker was given."""
+    from innerdist.checkpoint import load_checkpoint
+    from innerdist.volumes import open_volume
+
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt.weights_hash() != weights_sha256:
+        raise ValueError(
+            f"checkpoint {checkpoint!r} has changed since the job started (other weights); "
+            "run the job again with --overwrite"
+        )
+    return _BlockPredictor(
+        ckpt.build_model(),
+        ckpt.normalization,
+        raw=open_volume(raw, time=time),
+        raw_path=raw,
+        raw_time=time,
+        out=open_volume(out),
+        out_path=out,
+        device=device,
+        tile_shape=tuple(tile_shape),
+        batch_size=batch_size,
+        dtype=dtype,
+        threads=_cores(),
+        precision=precision,
+    )
+
+
+def _plan(
+    model: Model,
+    normalization: Mapping[str, Any],
+    *,
+    raw_array: Array,
+    raw: str,
+    roi: Roi,
+    block: tuple[int, ...],
+    tile: tuple[int, ...],
+    margin: Coordinate,
+    device: str,
+    batch_size: int,
+    dtype: str,
+    precision: str,
+    threads: int,
+    num_workers: int,
+    channels: int,
+    cluster: bool,
+) -> str:
+    """The ``dry_run`` of :func:`predict_volume`: one sample block from the middle of
+    ``roi``, predicted into a temporary output, timed and measured."""
+    import tempfile
+
+    import torch
+
+    from innerdist.plan import Plan, measure_block, output_bytes, worker_startup_seconds
+    from innerdist.volumes import create_volume
+
+    voxel = Coordinate(raw_array.voxel_size)
+    shape = tuple(int(s) for s in roi.shape / voxel)
+    grid = [math.ceil(s / b) for s, b in zip(shape, block, strict=True)]
+    middle = Coordinate(g // 2 * b for g, b in zip(grid, block, strict=True))
+    write_roi = Roi(roi.offset + middle * voxel, Coordinate(block) * voxel).intersect(roi)
+    threads_before = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
+        sample_path = str(Path(tmp) / "plan.zarr" / "pred")
+        sample = create_volume(sample_path, roi=roi, voxel_size=voxel, dtype=dtype,
+                               num_channels=channels, chunk_shape=block)
+        process = _BlockPredictor(
+            model, normalization, raw=raw_array, raw_path=raw, out=sample,
+            out_path=sample_path, device=device, tile_shape=tile, batch_size=batch_size,
+            dtype=dtype, threads=threads, precision=precision,
+        )
+        try:
+            seconds, host, gpu = measure_block(
+                process, write_roi.grow(margin * voxel, margin * voxel), write_roi,
+                device=device,
+            )
+        finally:
+            torch.set_num_threads(threads_before)
+    startup = (
+        worker_startup_seconds(["torch", "zarr", "innerdist.predict", "innerdist.workers"])
+        if num_workers > 1 or cluster
+        else 0.0
+    )
+    return str(Plan(
+        job="predict", blocks=math.prod(grid), block_shape=block, workers=num_workers,
+        block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=gpu,
+        output_bytes=output_bytes(shape, channels, dtype),
+        output_description=f"{dtype}, {channels} channel(s), uncompressed",
+        worker_startup_seconds=startup,
+    ))
 
 
 def parse_roi(text: str) -> Roi:
@@ -593,6 +760,9 @@ def predict_volume(
     pyramid: bool = True,
     time: int | None = None,
     allow_incomplete: bool = False,
+    worker_command: str | None = None,
+    precision: str = "fp32",
+    dry_run: bool = False,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -626,13 +796,12 @@ def predict_volume(
     overwrite
         Replace an existing output. Without it an existing complete output, or an
         unfinished one of a different job, raises ``FileExistsError``; an unfinished one of
-        the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed.
+        the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed,
+        and a complete one of the same job is returned as is (nothing to do).
     time
         Time point of a raw OME-Zarr image with a ``t`` axis (required there).
     pyramid
         Also write the multiscale levels ``s1, s2, ...`` (mean; :mod:`innerdist.pyramid`).
-        the same job (same checkpoint weights, raw, ROI, dtype, block shape) is resumed,
-        and a complete one of the same job is returned as is (nothing to do).
     allow_incomplete
         Use a raw that an innerdist job marked incomplete (with a warning) instead of
         refusing it.
@@ -653,7 +822,9 @@ def predict_volume(
     from innerdist.checkpoint import load_checkpoint
     from innerdist.safety import check_input_complete
     from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
+    from innerdist.workers import BlockFunction, resolve_worker_command
 
+    worker_command = resolve_worker_command(worker_command)
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
     num_workers = _positive_int(num_workers, "num_workers")
@@ -661,6 +832,8 @@ def predict_volume(
     if roi is not None and not isinstance(roi, Roi):
         raise TypeError(f"roi must be a funlib.geometry.Roi (world units), got {roi!r}")
     resolved_device = _resolve_device(device)
+    precision = _check_precision(precision, resolved_device)
+    _check_gpu_workers(resolved_device, num_workers, local=worker_command is None)
     raw_container, raw_dataset = split_volume_path(raw)
     out_container, out_dataset = split_volume_path(out)
     if raw_container.resolve() == out_container.resolve() and raw_dataset == out_dataset:
@@ -752,6 +925,16 @@ def predict_volume(
         "dtype": dtype,
         "block_shape": list(block),
     }
+    if precision != "fp32":  # fp32 jobs keep the description they always had
+        job["precision"] = precision
+    threads = max(1, _cores() // num_workers) if worker_command is None else _cores()
+    if dry_run:
+        return _plan(
+            model, ckpt.normalization, raw_array=raw_array, raw=str(raw), roi=roi, block=block,
+            tile=tile, margin=margin, device=str(resolved_device), batch_size=batch_size,
+            dtype=dtype, precision=precision, threads=threads, num_workers=num_workers,
+            channels=ckpt.predictor.embedding_dims, cluster=worker_command is not None,
+        )
     attrs: dict[str, Any] = {
         PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
     }
@@ -775,7 +958,6 @@ def predict_volume(
 
     if is_complete(output):
         return str(out)  # the same job finished before: nothing to do
-    threads = max(1, _cores() // num_workers)
     process = _BlockPredictor(
         model,
         ckpt.normalization,
@@ -789,6 +971,22 @@ def predict_volume(
         batch_size=batch_size,
         dtype=dtype,
         threads=threads,
+        precision=precision,
+    )
+    worker_job = BlockFunction(
+        "innerdist.predict:block_predictor_function",
+        {
+            "checkpoint": job["checkpoint"],
+            "weights_sha256": job["weights_sha256"],
+            "raw": job["raw"],
+            "out": os.path.abspath(out),
+            "device": str(resolved_device),
+            "tile_shape": list(tile),
+            "batch_size": batch_size,
+            "dtype": dtype,
+            "precision": precision,
+            "time": time,
+        },
     )
     import torch
 
@@ -803,6 +1001,8 @@ def predict_volume(
             tracking_dir=tracking_dir_for(out),
             num_workers=num_workers,
             progress=progress,
+            worker_command=worker_command,
+            worker_job=worker_job,
         )
     finally:
         torch.set_num_threads(threads_before)

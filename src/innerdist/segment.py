@@ -371,6 +371,7 @@ class _Job:
     max_watershed_voxels: int
     fallback_context: tuple[int, ...]  # voxels
     progress: bool
+    worker_command: str | None = None  # start workers through it (innerdist.workers)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -419,6 +420,7 @@ def segment_volume(
     progress: bool = True,
     pyramid: bool = True,
     allow_incomplete: bool = False,
+    worker_command: str | None = None,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -465,9 +467,16 @@ def segment_volume(
     allow_incomplete:
         Segment a prediction that its job marked incomplete (with a warning) instead of
         refusing it.
+    worker_command:
+        Start each worker of the blockwise passes through this template, e.g.
+        ``'srun {command}'`` (default: ``$INNERDIST_WORKER_COMMAND``; unset: local
+        processes); see :mod:`innerdist.workers`.
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
     from innerdist.safety import check_input_complete, check_output_apart_from_inputs
+    from innerdist.workers import resolve_worker_command
+
+    worker_command = resolve_worker_command(worker_command)
     from innerdist.volumes import (
         is_complete,
         label_output_path,
@@ -592,6 +601,7 @@ def segment_volume(
         max_watershed_voxels=max_watershed_voxels,
         fallback_context=context,
         progress=progress,
+        worker_command=worker_command,
     )
     description = {
         "task": "segment",
@@ -657,8 +667,20 @@ def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_wo
     """One blockwise pass over the write blocks. Passes that need context read it
     themselves (zero-filled outside the volume), so daisy is given none."""
     from innerdist.blockwise import run_blockwise
+    from innerdist.workers import BlockFunction
 
     voxel = Coordinate(job.voxel_size)
+    worker_job = None
+    if job.worker_command is not None:
+        paths = ("prediction", "out", "seeds", "fragments", "grown", "tracking")
+        fields = dataclasses.asdict(
+            dataclasses.replace(
+                job, worker_command=None, **{p: os.path.abspath(getattr(job, p)) for p in paths}
+            )
+        )
+        worker_job = BlockFunction(
+            "innerdist.segment:pass_function", {"job": fields, "step": process.__name__}
+        )
     run_blockwise(
         name,
         total_roi=Roi(job.offset, Coordinate(job.shape) * voxel),
@@ -668,7 +690,19 @@ def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_wo
         tracking_dir=job.tracking,
         num_workers=num_workers,
         progress=job.progress,
+        worker_command=job.worker_command,
+        worker_job=worker_job,
     )
+
+
+def pass_function(*, job: dict[str, Any], step: str) -> Callable[[Roi, Roi], None]:
+    """One pass's block function rebuilt from JSON (in a cluster worker): ``step`` names
+    a ``_pass_*`` function of this module, ``job`` the fields of its :class:`_Job`."""
+    function = globals().get(step) if step.startswith("_pass_") else None
+    if not callable(function):
+        raise ValueError(f"{step!r} is not a segmentation pass")
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in job.items()}
+    return partial(function, _Job(**fields))
 
 
 def _finish(job: _Job, output: Array, *, pyramid: bool, num_workers: int) -> None:

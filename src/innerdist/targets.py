@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
@@ -33,6 +35,7 @@ from innerdist.blockwise import (
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.safety import check_input_complete
 from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
+from innerdist.workers import BlockFunction, resolve_worker_command
 
 __all__ = ["compute_targets"]
 
@@ -50,6 +53,41 @@ def _has_boundary(labels: np.ndarray) -> bool:
     return False
 
 
+def target_block_function(
+    *,
+    labels: str,
+    out: str,
+    predictor: dict[str, Any],
+    has_channel_axis: bool,
+    saturated: float,
+) -> Callable[[Roi, Roi], None]:
+    """The per-block work of :func:`compute_targets`, rebuilt from JSON parameters (so a
+    cluster worker can build it from the job file)."""
+    target_predictor = InnerDistancePredictor(**predictor)
+    tanh_saturated = np.float32(saturated)
+
+    def process(read_roi: Roi, write_roi: Roi) -> None:
+        src = open_volume(labels)
+        voxel_size = Coordinate(src.voxel_size)
+        read_roi = read_roi.intersect(src.roi)
+        data = np.asarray(src[read_roi])
+        if not has_channel_axis:
+            data = data[np.newaxis]
+        target = target_predictor.process(
+            data, voxel_size, "tanh", target_predictor.dt_scale_factor
+        )
+        for c in range(data.shape[0]):
+            if not _has_boundary(data[c]):
+                target[c] = np.where(data[c] != 0, tanh_saturated, np.float32(0))
+        begin = (write_roi.begin - read_roi.begin) / voxel_size
+        end = begin + write_roi.shape / voxel_size
+        index = (slice(None),) + tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
+        dst = open_volume(out, mode="r+")
+        dst[write_roi] = target[index]
+
+    return process
+
+
 def compute_targets(
     labels: str | Path,
     out: str | Path,
@@ -62,6 +100,7 @@ def compute_targets(
     overwrite: bool = False,
     progress: bool = True,
     pyramid: bool = True,
+    worker_command: str | None = None,
 ) -> str:
     """Write tanh-normalised inner-distance targets of ``labels`` to ``out``.
 
@@ -82,10 +121,15 @@ def compute_targets(
         daisy worker processes (1: serial, in this process).
     pyramid:
         Also write the multiscale levels ``s1, s2, ...`` (mean; :mod:`innerdist.pyramid`).
+    worker_command:
+        Start each worker through this template, e.g. ``'srun {command}'`` (default:
+        ``$INNERDIST_WORKER_COMMAND``; unset: local processes); see
+        :mod:`innerdist.workers`.
 
     Returns the output path, an OME-NGFF image whose level ``s0`` holds the targets.
     Re-running an interrupted job resumes it.
     """
+    worker_command = resolve_worker_command(worker_command)
     source = open_volume(labels)
     check_input_complete(source.attrs, labels, "labels", allow_incomplete=None)
     dtype = np.dtype(source.dtype)
@@ -147,34 +191,28 @@ def compute_targets(
     )
     if is_complete(out_array):
         return str(out)  # the same job finished before: nothing to do
-    saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
-    labels_path, out_path = str(labels), str(out)
-
-    def process(read_roi: Roi, write_roi: Roi) -> None:
-        src = open_volume(labels_path)
-        read_roi = read_roi.intersect(src.roi)
-        data = np.asarray(src[read_roi])
-        if not has_channel_axis:
-            data = data[np.newaxis]
-        target = predictor.process(data, voxel_size, "tanh", predictor.dt_scale_factor)
-        for c in range(data.shape[0]):
-            if not _has_boundary(data[c]):
-                target[c] = np.where(data[c] != 0, saturated, np.float32(0))
-        begin = (write_roi.begin - read_roi.begin) / voxel_size
-        end = begin + write_roi.shape / voxel_size
-        index = (slice(None),) + tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
-        dst = open_volume(out_path, mode="r+")
-        dst[write_roi] = target[index]
-
+    saturated = math.tanh(no_boundary_distance / predictor.dt_scale_factor)
+    block_function = BlockFunction(
+        "innerdist.targets:target_block_function",
+        {
+            "labels": os.path.abspath(labels),
+            "out": os.path.abspath(out),
+            "predictor": predictor.to_dict(),
+            "has_channel_axis": has_channel_axis,
+            "saturated": saturated,
+        },
+    )
     run_blockwise(
         "targets",
         total_roi=total_roi,
         block_shape=block_voxels * voxel_size,
         context=context,
-        process=process,
+        process=block_function.build(),
         tracking_dir=tracking_dir_for(out),
         num_workers=num_workers,
         progress=progress,
+        worker_command=worker_command,
+        worker_job=block_function,
     )
     if pyramid:
         from innerdist.pyramid import write_pyramid

@@ -78,6 +78,8 @@ STATS_COLUMNS = (
     "data_wait_fraction",
     "elapsed_s",
 )
+#: On a GPU the loss is read back (a device sync) once per this many iterations.
+LOSS_SYNC_INTERVAL = 25
 _CHECKPOINT = re.compile(r"^iteration_(\d+)\.pt$")
 
 
@@ -621,6 +623,30 @@ def train(
         done_here = 0
         last_ckpt = ckpt_dir / f"iteration_{start}.pt" if start else None
         plotted = -1  # the iteration whose logs the PNGs show
+        # Rows wait for their loss here: reading a CUDA loss stalls the GPU queue, so it is
+        # read back for many iterations at once (every iteration on the CPU, where it is free).
+        pending: list[tuple[dict[str, Any], torch.Tensor]] = []
+        sync_every = 1 if _loss_sync_is_free(device) else LOSS_SYNC_INTERVAL
+
+        def log_losses() -> None:
+            nonlocal loss_value
+            if not pending:
+                return
+            values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
+            rows = []
+            for (row, _), value in zip(pending, values, strict=True):
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"the loss became {value} at iteration {row['iteration']}; lower "
+                        "training.optimizer.lr or check the data"
+                    )
+                rows.append({**row, "loss": value})
+            pending.clear()
+            stats_log.append(rows)
+            loss_value = values[-1]
+            stats_log.flush_every(10.0)
+            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+
         try:
             for iteration in range(start + 1, tc.iterations + 1):
                 t0 = time.perf_counter()
@@ -640,37 +666,34 @@ def train(
                     prediction = model(raw)
                 loss = weighted_mse(prediction, target, weight)
                 scaler.scale(loss).backward()
+                if tc.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not fp16-scaled ones
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise ValueError(
-                        f"the loss became {loss_value} at iteration {iteration}; lower "
-                        "training.optimizer.lr or check the data"
-                    )
                 t2 = time.perf_counter()
                 step, wait = t2 - t0, t1 - t0
                 elapsed += step
                 session_wait += wait
                 session_time += step
                 done_here += 1
-                stats_log.append([{
+                pending.append(({
                     "iteration": iteration,
-                    "loss": loss_value,
                     "lr": lr,
                     "step_time_s": round(step, 6),
                     "data_wait_s": round(wait, 6),
                     "data_wait_fraction": round(wait / step, 4) if step > 0 else 0.0,
                     "elapsed_s": round(elapsed, 3),
-                }])
-                stats_log.flush_every(10.0)
-                bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+                }, loss.detach()))
+                validating = bool(volumes) and due(iteration, tc.validation_interval)
+                checkpointing = validating or due(iteration, tc.checkpoint_interval)
+                if checkpointing or len(pending) >= sync_every or iteration == tc.iterations:
+                    log_losses()
                 bar.update(1)
 
                 if tc.snapshot_interval and iteration % tc.snapshot_interval == 0:
                     _snapshot(run, iteration, batch, prediction, unet.dims)
-                validating = bool(volumes) and due(iteration, tc.validation_interval)
-                if validating or due(iteration, tc.checkpoint_interval):
+                if checkpointing:
                     ckpt = checkpoint(iteration)
                     last_ckpt = ckpt_dir / f"iteration_{iteration}.pt"
                     if validating:
@@ -707,6 +730,11 @@ def train(
         data_wait_fraction=session_wait / session_time if session_time > 0 else None,
         validation_seconds=validation_seconds,
     )
+
+
+def _loss_sync_is_free(device: torch.device) -> bool:
+    """Reading a loss back costs nothing on the CPU; on a GPU it waits for its queue."""
+    return device.type == "cpu"
 
 
 def _optimizer(tc: TrainingConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

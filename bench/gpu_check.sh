@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with a CUDA GPU, from the repository root,
+#
+#     bash bench/gpu_check.sh            # the full check (a few minutes on one GPU)
+#     bash bench/gpu_check.sh --smoke    # a tiny rehearsal on the CPU (no GPU needed)
+#
+# 1. trains the em_3d example network 25 iterations with AMP (fp16/bf16 autocast, gradient
+#    clipping), stops, and resumes the same run to 50 iterations;
+# 2. predicts a 256^3 synthetic EM volume (40 x 8 x 8 nm) with it on CUDA (fp32, fp16,
+#    bf16, one worker per visible GPU) and on the CPU, and reports the maximum differences;
+# 3. segments the CUDA prediction;
+# 4. prints a table: voxels/s of `predict` next to the raw model forward throughput on the
+#    same device (the network alone, on device-resident batches of the predict tile).
+#
+# Writes bench/results/gpu_check.json (or $GPU_CHECK_OUT). Exits 2 without a CUDA GPU
+# (unless --smoke).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PYTHON" - "$@" <<'PY'
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+import zarr
+
+from innerdist.predict import _Runner, predict_volume
+from innerdist.segment import segment_volume
+from innerdist.synthetic import make_demo_dataset, make_em_volume, write_volume
+from innerdist.train import train
+
+smoke = "--smoke" in sys.argv[1:]
+if not smoke and not torch.cuda.is_available():
+    print("gpu_check: no CUDA GPU is visible (run with --smoke for a CPU rehearsal)",
+          file=sys.stderr)
+    sys.exit(2)
+gpu = "cpu" if smoke else "cuda"
+side = 48 if smoke else 256
+iterations = 4 if smoke else 50
+work = Path(tempfile.mkdtemp(prefix="gpu_check-"))
+out_json = Path(os.environ.get("GPU_CHECK_OUT", "bench/results/gpu_check.json"))
+rows: list[dict] = []
+facts: dict = {"device": torch.cuda.get_device_name(0) if not smoke else "cpu (smoke)",
+               "gpus_visible": torch.cuda.device_count(), "torch": torch.__version__,
+               "host": platform.node(), "volume": [side] * 3}
+
+
+def timed(label, fn):
+    if gpu == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = fn()
+    if gpu == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    print(f"  {label}: {seconds:.1f} s", flush=True)
+    return result, seconds
+
+
+# --- 1. train with AMP, stop, resume ---
+print("1. training", flush=True)
+make_demo_dataset(work / "data", dims=3)
+config = yaml.safe_load(Path("examples/em_3d.yaml").read_text())
+config["data"] = {
+    "train": [{"raw": str(work / "data/train.zarr/raw"),
+               "labels": [str(work / "data/train.zarr/labels")]}],
+    "validate": [{"raw": str(work / "data/validate.zarr/raw"),
+                  "labels": [str(work / "data/validate.zarr/labels")]}],
+}
+config["training"].update(iterations=iterations // 2, device=gpu, amp=True, max_grad_norm=1.0,
+                          validation_interval=iterations, checkpoint_interval=iterations // 2,
+                          snapshot_interval=0, num_workers=2 if not smoke else 0)
+if smoke:
+    config["model"].update(num_fmaps=2, eval_shape_increase=[0, 0, 0])
+config_path = work / "em_3d.yaml"
+config_path.write_text(yaml.safe_dump(config))
+first, t_first = timed(f"{iterations // 2} iterations", lambda: train(config_path,
+                                                                        progress=False))
+config["training"]["iterations"] = iterations
+config_path.write_text(yaml.safe_dump(config))
+second, t_second = timed(f"resumed to {iterations}", lambda: train(config_path, progress=False))
+assert second.resumed_from == iterations // 2 and second.iteration == iterations, second
+checkpoint = second.last_checkpoint
+facts["train"] = {"iterations": iterations, "resumed_from": second.resumed_from,
+                  "final_loss": second.final_loss,
+                  "iterations_per_second": second.iterations_per_second}
+
+# --- 2. predict 256^3 on CUDA (fp32, fp16, bf16) and on the CPU ---
+print("2. prediction", flush=True)
+volume = make_em_volume((side, side, side), (40, 8, 8), seed=7)
+write_volume(volume, work / "big.zarr")
+raw = str(work / "big.zarr/raw")
+voxels = side**3
+workers = max(1, torch.cuda.device_count()) if gpu == "cuda" else 1
+predictions = {}
+for name, device, precision in [
+    ("cuda fp32", gpu, "fp32"), ("cuda fp16", gpu, "fp16"), ("cuda bf16", gpu, "bf16"),
+    ("cpu fp32", "cpu", "fp32"),
+]:
+    if smoke and precision != "fp32":
+        continue
+    out = str(work / f"pred.zarr/{name.replace(' ', '_')}")
+    n = workers if device == "cuda" else 1
+    _, seconds = timed(f"predict {name} ({n} worker(s))", lambda: predict_volume(
+        checkpoint, raw, out, device=device, precision=precision, num_workers=n,
+        progress=False))
+    predictions[name] = zarr.open_array(out, mode="r")[:]
+    rows.append({"what": f"predict {name}", "device": device, "workers": n,
+                 "seconds": seconds, "voxels_per_s": voxels / seconds})
+reference = predictions["cuda fp32"]
+for name, values in predictions.items():
+    facts[f"max_abs_diff {name} vs cuda fp32"] = float(np.abs(values - reference).max())
+
+# --- the network alone on the same device ---
+from innerdist.checkpoint import load_checkpoint
+
+ckpt = load_checkpoint(checkpoint)
+forward_cases = [(gpu, "fp32"), ("cpu", "fp32")] if smoke else [
+    ("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "bf16"), ("cpu", "fp32")]
+for device, precision in dict.fromkeys(forward_cases):
+    runner = _Runner(ckpt.build_model().to(device).eval(), torch.device(device),
+                     precision=precision)
+    tile = runner.tiling.max_tile
+    x = torch.rand((1, 1, *runner.tiling.input_shape(tile)), device=device)
+    autocast = torch.autocast(device, dtype=torch.float16 if precision == "fp16"
+                              else torch.bfloat16, enabled=precision != "fp32")
+    with torch.inference_mode(), autocast:
+        runner.model(x)  # warm-up (cuDNN autotuning)
+        repeats = 3 if device == "cpu" or smoke else 20
+
+        def forwards():
+            for _ in range(repeats):
+                runner.model(x)
+
+        _, seconds = timed(f"forward {device} {precision} x{repeats}", forwards)
+    rows.append({"what": f"forward {device} {precision}", "device": device, "workers": 1,
+                 "seconds": seconds, "voxels_per_s": repeats * int(np.prod(tile)) / seconds})
+
+# --- 3. segment the CUDA prediction ---
+print("3. segmentation", flush=True)
+seg_out = str(work / "seg.zarr/instances")
+_, seconds = timed("segment", lambda: segment_volume(
+    str(work / "pred.zarr/cuda_fp32"), seg_out, num_workers=2, progress=False))
+objects = int(zarr.open_array(seg_out, mode="r")[:].max())
+rows.append({"what": "segment", "device": "cpu", "workers": 2, "seconds": seconds,
+             "voxels_per_s": voxels / seconds})
+facts["segment_objects"] = objects
+
+# --- 4. the table ---
+print()
+print(f"{facts['device']}, {facts['gpus_visible']} GPU(s) visible, volume {side}^3")
+print(f"| {'what':<18} | {'device':<6} | workers | {'s':>7} | {'Mvoxel/s':>9} |")
+print(f"|{'-' * 20}|{'-' * 8}|---------|{'-' * 9}|{'-' * 11}|")
+for r in rows:
+    print(f"| {r['what']:<18} | {r['device']:<6} | {r['workers']:>7} | {r['seconds']:>7.2f} | "
+          f"{r['voxels_per_s'] / 1e6:>9.2f} |")
+print()
+for key, value in facts.items():
+    if key.startswith("max_abs_diff"):
+        print(f"{key}: {value:.3g}")
+print(f"train: {facts['train']}")
+print(f"segment: {objects} objects")
+out_json.parent.mkdir(parents=True, exist_ok=True)
+out_json.write_text(json.dumps({"facts": facts, "rows": rows}, indent=2) + "\n")
+print(f"wrote {out_json}")
+PY

@@ -1,0 +1,112 @@
+"""The plan of a blockwise job (innerdist.plan, predict --dry-run)."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from funlib.geometry import Roi
+from nets import NORM_UINT8, tiny_predictor, tiny_unet
+from typer.testing import CliRunner
+
+from innerdist.plan import Plan, _duration, _size, measure_block, output_bytes
+
+
+def plan(**changes: object) -> Plan:
+    fields: dict[str, object] = {
+        "job": "predict", "blocks": 10, "block_shape": (64, 64), "workers": 4,
+        "block_seconds": 2.0, "block_memory_bytes": 3 * 2**20, "device_memory_bytes": None,
+        "output_bytes": 5 * 2**30, "output_description": "float32, 1 channel(s), uncompressed",
+        "worker_startup_seconds": 3.0,
+    }
+    return Plan(**{**fields, **changes})  # type: ignore[arg-type]
+
+
+def test_estimate_is_start_up_plus_rounds_of_blocks() -> None:
+    assert plan().estimated_seconds == 3.0 + 3 * 2.0  # 10 blocks on 4 workers: 3 rounds
+    assert plan(workers=1, worker_startup_seconds=0.0).estimated_seconds == 20.0
+    assert plan(workers=10).estimated_seconds == 5.0
+
+
+def test_plan_text() -> None:
+    assert str(plan()).splitlines() == [
+        "predict: plan (nothing was written)",
+        "  blocks               10 of (64, 64) voxels",
+        "  per block            2 s, 3.0 MiB host memory (measured on one sample block)",
+        "  output on disk       <= 5.0 GiB (float32, 1 channel(s), uncompressed)",
+        "  estimated wall time  9.0 s with 4 worker(s) (worker start-up 3 s)",
+    ]
+    text = str(plan(block_memory_bytes=None, device_memory_bytes=512))
+    assert "host memory not measurable here, 512 B GPU memory" in text
+    assert (_size(1023), _size(1536), _size(3 * 2**40)) == ("1023 B", "1.5 KiB", "3.0 TiB")
+    assert (_duration(59.94), _duration(61), _duration(3 * 3600 + 125)) == (
+        "59.9 s", "1 min 1 s", "3 h 2 min")
+
+
+def test_output_bytes() -> None:
+    assert output_bytes((2, 3, 4), 2, "float32") == 2 * 3 * 4 * 2 * 4
+    assert output_bytes((100_000, 100_000), 1, np.uint8) == 10**10  # no int32 overflow
+
+
+def test_measure_block_times_the_second_run_and_its_memory() -> None:
+    calls: list[Roi] = []
+
+    def process(read_roi: Roi, write_roi: Roi) -> None:
+        calls.append(write_roi)
+        block = np.ones(50 * 2**20 // 8)  # 50 MiB touched
+        time.sleep(0.05)
+        del block
+
+    roi = Roi((0,), (4,))
+    seconds, host, gpu = measure_block(process, roi, roi)
+    assert len(calls) == 2 and gpu is None
+    assert 0.05 <= seconds < 5
+    assert host is not None and 40 * 2**20 <= host < 500 * 2**20
+
+
+def test_predict_dry_run_writes_nothing(tmp_path: Path) -> None:
+    from test_targets import write_labels
+
+    from innerdist.checkpoint import random_checkpoint, save_checkpoint
+    from innerdist.cli import app
+    from innerdist.predict import predict_volume
+
+    raw = np.random.default_rng(5).integers(0, 256, (60, 68), dtype=np.uint8)
+    write_labels(tmp_path / "in.zarr" / "raw", raw, (6, 4))
+    ckpt = random_checkpoint(tiny_unet(2), tiny_predictor(1), (6, 4), NORM_UINT8, seed=4)
+    model = str(save_checkpoint(tmp_path / "model.pt", ckpt))
+    out = tmp_path / "out.zarr" / "pred"
+    text = predict_volume(model, tmp_path / "in.zarr/raw", out, block_shape=(12, 12),
+                          device="cpu", num_workers=2, dry_run=True, progress=False)
+    assert not out.exists()
+    # The real run's chunks are its blocks.
+    predict_volume(model, tmp_path / "in.zarr/raw", out, block_shape=(12, 12), device="cpu",
+                   progress=False)
+    chunks = zarr.open_array(str(out / "s0"), mode="r").chunks[1:]
+    blocks = math.prod(math.ceil(s / c) for s, c in zip(raw.shape, chunks, strict=True))
+    lines = text.splitlines()
+    assert lines[0] == "predict: plan (nothing was written)"
+    assert lines[1] == f"  blocks               {blocks} of {tuple(chunks)} voxels"
+    assert lines[3] == f"  output on disk       <= {_size(60 * 68 * 4)} (float32, 1 channel(s), " \
+        "uncompressed)"
+    assert "with 2 worker(s) (worker start-up" in lines[4]
+
+    result = CliRunner().invoke(app, [
+        "predict", model, str(tmp_path / "in.zarr/raw"), str(tmp_path / "o2.zarr/p"),
+        "--device", "cpu", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("predict: plan (nothing was written)\n")
+    assert "worker start-up 0 s" in result.output  # one worker in this process: none
+    assert not (tmp_path / "o2.zarr").exists()
+
+
+def test_dry_run_checks_the_input_like_a_run(tmp_path: Path) -> None:
+    from innerdist.predict import predict_volume
+
+    with pytest.raises(ValueError, match="precision 'bf16' is for prediction on a CUDA GPU"):
+        predict_volume(tmp_path / "model.pt", tmp_path / "in.zarr/raw", tmp_path / "o.zarr/p",
+                       device="cpu", precision="bf16", dry_run=True)
