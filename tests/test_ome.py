@@ -421,3 +421,17 @@ def test_segmentation_goes_under_labels_of_an_image(
 
     names = [str(n.zarr.path) for n in Reader(parse_url(str(path)))()]
     assert any(n.rstrip("/").endswith("labels/seg") for n in names), names
+
+
+def test_training_sources_take_ome_paths(tmp_path: Path, cells: np.ndarray) -> None:
+    from innerdist.crops import VolumeSource, open_sources
+
+    raw = (cells * 100).astype(np.uint8)
+    path = write_ome(
+        tmp_path / "img.ome.zarr", raw, scale={"z": 0.04, "y": 0.008, "x": 0.008},
+        labels={"cells": cells},
+    )
+    source = VolumeSource(raw=str(path), labels=str(path / "labels" / "cells"))
+    (opened,) = open_sources([source], ["cells"])
+    assert tuple(opened.voxel_size) == (40, 8, 8)
+    assert opened.roi == open_volume(path).roi
