@@ -347,18 +347,19 @@ def test_predict_a_time_point_of_an_ome_raw(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "t axis with 3 time points; choose one with --time T" in result.output
     result = runner.invoke(
-        app, ["predict", model_path, str(raw), str(out), "--time", "1", "--block-shape", "16,16"]
+        app, ["predict", model_path, str(raw), str(out), "--time", "1", "--block-shape", "24,24"]
     )
     assert result.exit_code == 0, result.output
     pred = open_volume(out)
     assert tuple(pred.voxel_size) == (6, 4)
     np.testing.assert_allclose(pred[pred.roi], expected, atol=1e-5)
-    # Chunks of 16: a pyramid down to one chunk per axis, means of level 0.
+    # Chunks of 24: one pyramid level (the means of 2 x 2 windows of level 0).
     _check_ome_output(out, [1, 6, 4], label=False)
     s1 = zarr.open_array(out / "s1")[...]
     assert s1.shape == (2, 19, 23)
-    np.testing.assert_allclose(s1[:, :18, :22], expected[:, :36:, :44].reshape(2, 18, 2, 22, 2)
-                               .mean(axis=(2, 4)), atol=1e-5)
+    windows = expected[:, :36, :44].reshape(2, 18, 2, 22, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(s1[:, :18, :22], windows, atol=1e-5)
+    assert not (out / "s2").exists()
 
 
 def test_level_and_no_pyramid_options(tmp_path: Path, cells: np.ndarray) -> None:
