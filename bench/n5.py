@@ -15,6 +15,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,9 @@ def _write(path: Path, data: np.ndarray, compression: str) -> None:
             "dimensions": list(reversed(data.shape)),
             "blockSize": [64, 64, 64],
             "dataType": "uint8",
-            "compression": {"type": compression} if compression == "raw" else {
-                "type": "gzip", "level": 6
-            },
+            "compression": {"type": compression}
+            if compression == "raw"
+            else {"type": "gzip", "level": 6},
         },
         "create": True,
         "delete_existing": True,
@@ -54,6 +55,11 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def _read_all(read: Callable[[tuple[slice, ...]], np.ndarray], boxes: list) -> None:
+    for box in boxes:
+        read(box)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -68,7 +74,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = args.size
     # Smooth-ish EM-like content, so gzip has something to compress.
-    data = (rng.integers(0, 32, (n, n, n), dtype=np.uint8) + np.arange(n, dtype=np.uint8)[:, None, None])
+    data = (
+        rng.integers(0, 32, (n, n, n), dtype=np.uint8) + np.arange(n, dtype=np.uint8)[:, None, None]
+    )
     aligned = [tuple(int(v) * 64 for v in rng.integers(0, n // 64, 3)) for _ in range(16)]
     unaligned = [tuple(int(v) for v in rng.integers(0, n - 96, 3)) for _ in range(16)]
     rows = []
@@ -77,12 +85,16 @@ def main() -> None:
             path = Path(tmp) / f"{compression}.n5" / "raw"
             _write(path, data, compression)
             ours = N5Array(path)
-            theirs = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}}
-                             ).result()
+            theirs = ts.open(
+                {"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}}
+            ).result()
 
-            def read_ts(box: tuple[slice, ...]) -> np.ndarray:
+            def read_ts(box: tuple[slice, ...], store: object = theirs) -> np.ndarray:
                 # x-first tensorstore -> numpy order.
-                return np.asarray(theirs[tuple(reversed(box))].read().result()).T
+                return np.asarray(store[tuple(reversed(box))].read().result()).T  # type: ignore[index]
+
+            def read_ours(box: tuple[slice, ...], reader: N5Array = ours) -> np.ndarray:
+                return reader[box]
 
             cases = {
                 f"whole {n}^3": [(slice(0, n),) * 3],
@@ -91,20 +103,22 @@ def main() -> None:
             }
             for name, boxes in cases.items():
                 for box in boxes:
-                    np.testing.assert_array_equal(ours[box], data[box])
+                    np.testing.assert_array_equal(read_ours(box), data[box])
                     np.testing.assert_array_equal(read_ts(box), data[box])
                 voxels = sum(int(np.prod([s.stop - s.start for s in b])) for b in boxes)
                 t_ours = t_ts = float("inf")
                 for _ in range(args.repeats):  # interleaved
-                    t_ours = min(t_ours, _best(lambda bx=boxes: [ours[b] for b in bx], 1))
-                    t_ts = min(t_ts, _best(lambda bx=boxes: [read_ts(b) for b in bx], 1))
-                rows.append({
-                    "compression": compression,
-                    "case": name,
-                    "innerdist_mvox_s": voxels / t_ours / 1e6,
-                    "tensorstore_mvox_s": voxels / t_ts / 1e6,
-                    "tensorstore_over_innerdist": t_ours / t_ts,
-                })
+                    t_ours = min(t_ours, _best(partial(_read_all, read_ours, boxes), 1))
+                    t_ts = min(t_ts, _best(partial(_read_all, read_ts, boxes), 1))
+                rows.append(
+                    {
+                        "compression": compression,
+                        "case": name,
+                        "innerdist_mvox_s": voxels / t_ours / 1e6,
+                        "tensorstore_mvox_s": voxels / t_ts / 1e6,
+                        "tensorstore_over_innerdist": t_ours / t_ts,
+                    }
+                )
     print("| compression | case | innerdist Mvox/s | tensorstore Mvox/s | x innerdist |")
     print("|---|---|---|---|---|")
     for r in rows:
