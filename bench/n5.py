@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench/results/n5.json")
     args = parser.parse_args()
+    if args.size < 128 or args.size % 64:
+        parser.error(f"--size must be a multiple of 64 and >= 128 (96^3 crops), got {args.size}")
 
     import tensorstore as ts
 
