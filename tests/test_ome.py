@@ -436,3 +436,28 @@ def test_training_sources_take_ome_paths(tmp_path: Path, cells: np.ndarray) -> N
     (opened,) = open_sources([source], ["cells"])
     assert tuple(opened.voxel_size) == (40, 8, 8)
     assert opened.roi == open_volume(path).roi
+
+
+def test_pixel_data_stays_in_px_end_to_end(tmp_path: Path) -> None:
+    import tifffile
+
+    labels = np.zeros((24, 24), dtype=np.uint16)
+    labels[2:11, 2:20] = 1
+    labels[13:22, 4:22] = 2
+    tifffile.imwrite(tmp_path / "labels.tif", labels, metadata=None)
+    data = tmp_path / "data.zarr"
+    args = ["import-tiff", str(tmp_path / "labels.tif"), str(data / "labels"),
+            "--voxel-size", "1,1", "--unit", "px"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["targets", str(data / "labels"), str(data / "t"), "-s", "2"])
+    assert result.exit_code == 0, result.output
+    targets = open_volume(data / "t")
+    assert list(targets.units) == ["px", "px"]
+    meta = json.loads((data / "t" / "zarr.json").read_text())["attributes"]["ome"]
+    assert all("unit" not in a for a in meta["multiscales"][0]["axes"])  # no physical unit
+    assert runner.invoke(app, ["segment", str(data / "t"), str(data / "seg")]).exit_code == 0
+    assert list(open_volume(data / "seg").units) == ["px", "px"]
+    result = runner.invoke(app, ["evaluate", str(data / "seg"), str(data / "labels")])
+    assert result.exit_code == 0, result.output
+    assert "voxel size (1, 1) (px)" in result.output
+    assert "instances: 2 predicted, 2 in ground truth" in result.output

@@ -31,6 +31,7 @@ from innerdist.blockwise import (
     tracking_dir_for,
 )
 from innerdist.inner_distance import InnerDistancePredictor
+from innerdist.units import world_unit
 from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
 
 __all__ = ["compute_targets"]
@@ -143,6 +144,7 @@ def compute_targets(
         chunk_shape=tuple(block_voxels),
         attrs={PREDICTOR_ATTR: predictor.to_dict(), LABELS_ATTR: str(labels)},
         ome=True,
+        units=world_unit(source.units),
     )
     saturated = np.float32(math.tanh(no_boundary_distance / predictor.dt_scale_factor))
     labels_path, out_path = str(labels), str(out)
