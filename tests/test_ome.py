@@ -582,3 +582,32 @@ def test_multiscale_transformations_compose(tmp_path: Path) -> None:
     )
     array = open_volume(_hand_image(tmp_path, ome))
     assert tuple(array.voxel_size) == (4, 6) and tuple(array.offset) == (10, 20)
+
+
+def test_more_error_branches(tmp_path: Path) -> None:
+    from innerdist.ome import _set_dimension_names
+    from innerdist.volumes import level_path
+
+    path = _hand_image(tmp_path, _ms(YX, [2, 2]))
+    zarr.open_group(path, mode="a").create_array("extra", shape=(2, 2), dtype=np.uint8)
+    assert locate_level(path, "extra") is None  # next to the image, not a level of it
+    with pytest.raises(ValueError, match="was given but .* is an array"):
+        locate_level(path, "extra", 0)
+    with pytest.raises(ValueError, match="time must be a non-negative integer"):
+        open_volume(path, time=-1)
+    assert level_path(path, None) == str(path)
+    assert level_path(path, 0) == str(path / "s0")
+    assert level_path(tmp_path / "missing.zarr" / "x", 1).endswith("missing.zarr/x")
+    with pytest.raises(ValueError, match="not a zarr v3 array"):
+        _set_dimension_names(path, ["y", "x"])
+    with pytest.raises(ValueError, match="not one axis per name"):
+        _set_dimension_names(path / "s0", ["x"])
+    (path / "zarr.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read zarr metadata"):
+        open_volume(path)
+
+
+def test_time_series_is_read_only(tmp_path: Path) -> None:
+    path = write_ome(tmp_path / "t.ome.zarr", np.zeros((2, 4, 4), np.uint8), axes="tyx", levels=1)
+    with pytest.raises(ValueError, match="one time point of it can only be read"):
+        open_volume(path, mode="r+", time=0)
