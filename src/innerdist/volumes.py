@@ -274,6 +274,7 @@ def create_volume(
             f"it instead, e.g. {str(container / 'labels' / 'cells')!r}"
         )
     target = container / dataset
+    image = _image_of_label(target) if ome and label else None  # checked before deleting
     if target.exists():
         if not overwrite:
             raise FileExistsError(
@@ -296,7 +297,6 @@ def create_volume(
         chunks = (num_channels, *chunks)
     if units not in (NM, PX):
         raise ValueError(f"units must be {NM!r} or {PX!r}, got {units!r}")
-    image = _image_of_label(target) if ome and label else None
     meta = dict(attrs or {})
     meta[COMPLETE_ATTR] = False
     container.mkdir(parents=True, exist_ok=True)
