@@ -276,9 +276,7 @@ def test_commands_run_on_an_ome_label_image(tmp_path: Path, cells: np.ndarray) -
     assert (0, 0) in pairs and len(pairs) == 3
     assert len({a for a, _ in pairs}) == 3 and len({b for _, b in pairs}) == 3
 
-    result = runner.invoke(
-        app, ["evaluate", str(out / "seg"), str(path / "labels" / "cells")]
-    )
+    result = runner.invoke(app, ["evaluate", str(out / "seg"), str(path / "labels" / "cells")])
     assert result.exit_code == 0, result.output
     assert "instances: 2 predicted, 2 in ground truth" in result.output
 
@@ -336,7 +334,10 @@ def test_predict_a_time_point_of_an_ome_raw(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     series = rng.integers(0, 256, (3, 37, 45), dtype=np.uint8)  # t, y, x
     raw = write_ome(
-        tmp_path / "movie.ome.zarr", series, axes="tyx", scale={"y": 0.006, "x": 0.004},
+        tmp_path / "movie.ome.zarr",
+        series,
+        axes="tyx",
+        scale={"y": 0.006, "x": 0.004},
         levels=1,
     )
     ckpt = random_checkpoint(unet_2d(), predictor(), (6, 4), NORM, seed=4)
@@ -347,18 +348,19 @@ def test_predict_a_time_point_of_an_ome_raw(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "t axis with 3 time points; choose one with --time T" in result.output
     result = runner.invoke(
-        app, ["predict", model_path, str(raw), str(out), "--time", "1", "--block-shape", "16,16"]
+        app, ["predict", model_path, str(raw), str(out), "--time", "1", "--block-shape", "24,24"]
     )
     assert result.exit_code == 0, result.output
     pred = open_volume(out)
     assert tuple(pred.voxel_size) == (6, 4)
     np.testing.assert_allclose(pred[pred.roi], expected, atol=1e-5)
-    # Chunks of 16: a pyramid down to one chunk per axis, means of level 0.
+    # Chunks of 24: one pyramid level (the means of 2 x 2 windows of level 0).
     _check_ome_output(out, [1, 6, 4], label=False)
     s1 = zarr.open_array(out / "s1")[...]
     assert s1.shape == (2, 19, 23)
-    np.testing.assert_allclose(s1[:, :18, :22], expected[:, :36:, :44].reshape(2, 18, 2, 22, 2)
-                               .mean(axis=(2, 4)), atol=1e-5)
+    windows = expected[:, :36, :44].reshape(2, 18, 2, 22, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(s1[:, :18, :22], windows, atol=1e-5)
+    assert not (out / "s2").exists()
 
 
 def test_level_and_no_pyramid_options(tmp_path: Path, cells: np.ndarray) -> None:
@@ -373,16 +375,24 @@ def test_level_and_no_pyramid_options(tmp_path: Path, cells: np.ndarray) -> None
     labels = str(path / "labels" / "cells")
     result = runner.invoke(
         app,
-        ["targets", labels, str(out / "t1"), "-s", "10", "--level", "1", "--no-pyramid",
-         "--block-shape", "4,8,8"],
+        [
+            "targets",
+            labels,
+            str(out / "t1"),
+            "-s",
+            "10",
+            "--level",
+            "1",
+            "--no-pyramid",
+            "--block-shape",
+            "4,8,8",
+        ],
     )
     assert result.exit_code == 0, result.output
     t1 = open_volume(out / "t1")
     assert tuple(t1.voxel_size) == (40, 8, 8) and t1.shape[-2:] == (16, 16)
     assert not (out / "t1" / "s1").exists()
-    result = runner.invoke(
-        app, ["targets", labels, str(out / "t9"), "-s", "10", "--level", "9"]
-    )
+    result = runner.invoke(app, ["targets", labels, str(out / "t9"), "-s", "10", "--level", "9"])
     assert result.exit_code == 2 and "level 9 does not exist" in result.output
 
 
@@ -421,3 +431,183 @@ def test_segmentation_goes_under_labels_of_an_image(
 
     names = [str(n.zarr.path) for n in Reader(parse_url(str(path)))()]
     assert any(n.rstrip("/").endswith("labels/seg") for n in names), names
+
+
+def test_training_sources_take_ome_paths(tmp_path: Path, cells: np.ndarray) -> None:
+    from innerdist.crops import VolumeSource, open_sources
+
+    raw = (cells * 100).astype(np.uint8)
+    path = write_ome(
+        tmp_path / "img.ome.zarr",
+        raw,
+        scale={"z": 0.04, "y": 0.008, "x": 0.008},
+        labels={"cells": cells},
+    )
+    source = VolumeSource(raw=str(path), labels=str(path / "labels" / "cells"))
+    (opened,) = open_sources([source], ["cells"])
+    assert tuple(opened.voxel_size) == (40, 8, 8)
+    assert opened.roi == open_volume(path).roi
+
+
+def test_pixel_data_stays_in_px_end_to_end(tmp_path: Path) -> None:
+    import tifffile
+
+    labels = np.zeros((24, 24), dtype=np.uint16)
+    labels[2:11, 2:20] = 1
+    labels[13:22, 4:22] = 2
+    tifffile.imwrite(tmp_path / "labels.tif", labels, metadata=None)
+    data = tmp_path / "data.zarr"
+    args = [
+        "import-tiff",
+        str(tmp_path / "labels.tif"),
+        str(data / "labels"),
+        "--voxel-size",
+        "1,1",
+        "--unit",
+        "px",
+    ]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["targets", str(data / "labels"), str(data / "t"), "-s", "2"])
+    assert result.exit_code == 0, result.output
+    targets = open_volume(data / "t")
+    assert list(targets.units) == ["px", "px"]
+    meta = json.loads((data / "t" / "zarr.json").read_text())["attributes"]["ome"]
+    assert all("unit" not in a for a in meta["multiscales"][0]["axes"])  # no physical unit
+    assert runner.invoke(app, ["segment", str(data / "t"), str(data / "seg")]).exit_code == 0
+    assert list(open_volume(data / "seg").units) == ["px", "px"]
+    result = runner.invoke(app, ["evaluate", str(data / "seg"), str(data / "labels")])
+    assert result.exit_code == 0, result.output
+    assert "voxel size (1, 1) (px)" in result.output
+    assert "instances: 2 predicted, 2 in ground truth" in result.output
+
+
+def _hand_image(tmp_path: Path, ome: dict, shape: tuple[int, ...] = (4, 4)) -> Path:
+    group = tmp_path / "h.ome.zarr"
+    root = zarr.open_group(group, mode="w", zarr_format=3)
+    root.create_array("s0", shape=shape, dtype=np.uint8)
+    meta = json.loads((group / "zarr.json").read_text())
+    meta["attributes"] = {"ome": ome}
+    (group / "zarr.json").write_text(json.dumps(meta))
+    return group
+
+
+def _ms(axes: list, scale: list, path: str = "s0", **extra: object) -> dict:
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": axes,
+                "datasets": [
+                    {"path": path, "coordinateTransformations": [{"type": "scale", "scale": scale}]}
+                ],
+                **extra,
+            }
+        ],
+    }
+
+
+YX = [
+    {"name": "y", "type": "space", "unit": "nanometer"},
+    {"name": "x", "type": "space", "unit": "nanometer"},
+]
+
+
+@pytest.mark.parametrize(
+    ("ome", "shape", "message"),
+    [
+        ({**_ms(YX, [2, 2]), "version": "0.3"}, (4, 4), "has version '0.3'"),
+        ({"version": "0.5", "multiscales": []}, (4, 4), "expected a non-empty list"),
+        (
+            _ms([{"name": "c", "type": "channel"}, {"name": "x", "type": "space"}], [1, 2]),
+            (4, 4),
+            r"axes: Value error, Length of space axes \(1\) not valid",
+        ),
+        (
+            _ms(
+                [
+                    {"name": "y", "type": "space", "unit": "nanometer"},
+                    {"name": "x", "type": "space"},
+                ],
+                [2, 2],
+            ),
+            (4, 4),
+            "mixes spatial axes with and without a length unit",
+        ),
+        (_ms(YX, [2, 2], path="nope"), (4, 4), "lists level 'nope'"),
+        (_ms(YX, [-2, 2]), (4, 4), "spatial scale must be positive"),
+        (
+            _ms([{"name": "w", "type": "wavelength"}, *YX], [1, 2, 2]),
+            (2, 4, 4),
+            "axis 'w' of type 'wavelength'",
+        ),
+        (
+            {
+                "version": "0.5",
+                "multiscales": [
+                    {
+                        "axes": YX,
+                        "datasets": [
+                            {
+                                "path": "s0",
+                                "coordinateTransformations": [
+                                    {"type": "scale", "path": "scale.bin"}
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+            (4, 4),
+            "scale given by path is not supported",
+        ),
+    ],
+)
+def test_bad_hand_written_metadata(
+    tmp_path: Path, ome: dict, shape: tuple[int, ...], message: str
+) -> None:
+    path = _hand_image(tmp_path, ome, shape)
+    with pytest.raises(ValueError, match=message):
+        open_volume(path)
+
+
+def test_multiscale_transformations_compose(tmp_path: Path) -> None:
+    # The multiscale's own scale/translation apply after the level's.
+    ome = _ms(
+        YX,
+        [2, 3],
+        coordinateTransformations=[
+            {"type": "scale", "scale": [2, 2]},
+            {"type": "translation", "translation": [10, 20]},
+        ],
+    )
+    array = open_volume(_hand_image(tmp_path, ome))
+    assert tuple(array.voxel_size) == (4, 6) and tuple(array.offset) == (10, 20)
+
+
+def test_more_error_branches(tmp_path: Path) -> None:
+    from innerdist.ome import _set_dimension_names
+    from innerdist.volumes import level_path
+
+    path = _hand_image(tmp_path, _ms(YX, [2, 2]))
+    zarr.open_group(path, mode="a").create_array("extra", shape=(2, 2), dtype=np.uint8)
+    assert locate_level(path, "extra") is None  # next to the image, not a level of it
+    with pytest.raises(ValueError, match="was given but .* is an array"):
+        locate_level(path, "extra", 0)
+    with pytest.raises(ValueError, match="time must be a non-negative integer"):
+        open_volume(path, time=-1)
+    assert level_path(path, None) == str(path)
+    assert level_path(path, 0) == str(path / "s0")
+    assert level_path(tmp_path / "missing.zarr" / "x", 1).endswith("missing.zarr/x")
+    with pytest.raises(ValueError, match="not a zarr v3 array"):
+        _set_dimension_names(path, ["y", "x"])
+    with pytest.raises(ValueError, match="not one axis per name"):
+        _set_dimension_names(path / "s0", ["x"])
+    (path / "zarr.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read zarr metadata"):
+        open_volume(path)
+
+
+def test_time_series_is_read_only(tmp_path: Path) -> None:
+    path = write_ome(tmp_path / "t.ome.zarr", np.zeros((2, 4, 4), np.uint8), axes="tyx", levels=1)
+    with pytest.raises(ValueError, match="one time point of it can only be read"):
+        open_volume(path, mode="r+", time=0)

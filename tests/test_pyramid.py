@@ -183,3 +183,42 @@ def test_write_pyramid_errors(tmp_path: Path) -> None:
         write_pyramid(tmp_path / "p.zarr" / "v", reduction="mean", tracking_dir=tmp_path / "t")
     with pytest.raises(ValueError, match="reduction must be one of"):
         write_pyramid(tmp_path / "p.zarr" / "v", reduction="max", tracking_dir=tmp_path / "t")
+
+
+def test_interrupted_pyramid_resumes_with_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import innerdist.pyramid as pyramid_module
+    from innerdist.targets import compute_targets
+    from innerdist.volumes import is_complete
+
+    labels = np.zeros((40, 40), dtype=np.uint32)
+    labels[4:20, 4:30] = 1
+    labels[24:36, 10:38] = 2
+    src = create_volume(tmp_path / "in.zarr" / "labels", roi=Roi((0, 0), (160, 160)),
+                        voxel_size=(4, 4), dtype=np.uint32)
+    src[src.roi] = labels
+    mark_complete(src)
+    out = tmp_path / "out.zarr" / "targets"
+    real = pyramid_module._reduce_block
+    calls = {"n": 0}
+
+    def flaky(*args: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk went away")
+        real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pyramid_module, "_reduce_block", flaky)
+    with pytest.raises(OSError, match="disk went away"):
+        compute_targets(src_path := str(tmp_path / "in.zarr" / "labels"), out, scale_factor=8,
+                        block_shape=(8, 8), progress=False)
+    assert not is_complete(open_volume(out))
+    monkeypatch.setattr(pyramid_module, "_reduce_block", real)
+    compute_targets(src_path, out, scale_factor=8, block_shape=(8, 8), progress=False)
+    assert is_complete(open_volume(out))
+    s0 = zarr.open_array(out / "s0")[...]
+    expected = s0
+    for k, factor in enumerate(level_factors((4, 4), (40, 40), (8, 8)), start=1):
+        expected = slow_downsample(expected, factor, "mean")
+        np.testing.assert_allclose(zarr.open_array(out / f"s{k}")[...], expected, rtol=1e-6)

@@ -27,6 +27,7 @@ _EXPORTS = {
     "boundary_distance": "innerdist.distance",
     "open_volume": "innerdist.volumes",
     "create_volume": "innerdist.volumes",
+    "write_pyramid": "innerdist.pyramid",
     "Checkpoint": "innerdist.checkpoint",
     "load_checkpoint": "innerdist.checkpoint",
     "save_checkpoint": "innerdist.checkpoint",
@@ -77,6 +78,7 @@ __all__ = [
     "segment_volume",
     "threshold_mask",
     "train",
+    "write_pyramid",
 ]
 
 if TYPE_CHECKING:
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
     from innerdist.model import Model
     from innerdist.predict import predict_array, predict_volume
     from innerdist.predictor import Predictor
+    from innerdist.pyramid import write_pyramid
     from innerdist.segment import instances, segment_volume, threshold_mask
     from innerdist.targets import compute_targets
     from innerdist.train import train

@@ -231,7 +231,7 @@ def targets(
     labels: Annotated[str, typer.Argument(help="Instance label volume, e.g. gt.zarr/labels.")],
     out: Annotated[str, typer.Argument(help="Output volume, e.g. gt.zarr/targets.")],
     scale_factor: Annotated[
-        float, typer.Option("--scale-factor", "-s", help="tanh scale in world units (nm).")
+        float, typer.Option("--scale-factor", "-s", help="tanh scale in world units (nm, or px).")
     ],
     channels: Annotated[
         list[str] | None,
@@ -446,7 +446,8 @@ def segment(
     min_size: Annotated[
         float | None,
         typer.Option(
-            help="Remove smaller objects; world units, nm^3 (3-D) or nm^2 (2-D) (default: "
+            help="Remove smaller objects; world units, nm^3 (3-D) or nm^2 (2-D), px^3/px^2 "
+            "for data in px (default: "
             "tuned value, else 0)."
         ),
     ] = None,

@@ -261,11 +261,7 @@ def _level(
                 f"{where} has axis {name!r} of type {kind!r}; innerdist reads space, "
                 "channel and time axes"
             )
-    if len(spatial) not in (2, 3):
-        raise ValueError(
-            f"{where} has {len(spatial)} spatial axes ({[axes[i].name for i in spatial]}); "
-            "innerdist needs 2 or 3"
-        )
+    # ome-zarr-models has checked there are 2 or 3 space axes, after time and channel.
     units = {ax.unit for ax in (axes[i] for i in spatial)}
     voxels: list[int] = []
     offsets: list[int] = []

@@ -37,6 +37,7 @@ from funlib.geometry import Coordinate, Roi
 
 from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR
 from innerdist.checkpoint import check_normalization
+from innerdist.units import world_unit
 
 if TYPE_CHECKING:
     import torch
@@ -954,6 +955,7 @@ def predict_volume(
         chunk_shape=block,
         attrs=attrs,
         ome=True,
+        units=world_unit(raw_array.units),
     )
 
     if is_complete(output):

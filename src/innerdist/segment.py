@@ -76,6 +76,7 @@ import numpy.typing as npt
 from funlib.geometry import Coordinate, Roi
 
 from innerdist.attrs import POSTPROCESSING_ATTR, QUANTIZATION_ATTR, SEGMENTATION_ATTR
+from innerdist.units import world_unit
 
 if TYPE_CHECKING:
     # Not imported at run time: workers open zarr directly, and funlib.persistence (with
@@ -632,6 +633,7 @@ def segment_volume(
         },
         ome=True,
         label=True,
+        units=world_unit(source.units),
     )
     job = dataclasses.replace(job, out=zarr_array_path(output) or job.out)
     if is_complete(output):

@@ -34,6 +34,7 @@ from innerdist.blockwise import (
 )
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.safety import check_input_complete
+from innerdist.units import world_unit
 from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
 from innerdist.workers import BlockFunction, resolve_worker_command
 
@@ -188,6 +189,7 @@ def compute_targets(
         chunk_shape=tuple(block_voxels),
         attrs={PREDICTOR_ATTR: predictor.to_dict(), LABELS_ATTR: str(labels)},
         ome=True,
+        units=world_unit(source.units),
     )
     if is_complete(out_array):
         return str(out)  # the same job finished before: nothing to do

@@ -168,25 +168,21 @@ def to_world(
 def world_unit(units: Sequence[str] | None) -> str:
     """The world unit (``"nm"`` or ``"px"``) of a volume from its per-axis units.
 
-    Volumes without units (written before units were recorded) are in nm.
+    ``"px"`` when every axis is in pixels; otherwise nm, the unit innerdist works in
+    (volumes without units, written before units were recorded, count as nm).
 
     >>> world_unit(["nm", "nm"]), world_unit(["px", "px"]), world_unit(None)
     ('nm', 'px', 'nm')
     """
     if not units:
         return NM
-    kinds = {PX if canonical_unit(u or None) == PX else canonical_unit(u) for u in units}
-    if kinds == {PX}:
+    pixels = [str(u).strip().lower() in _PIXEL_NAMES for u in units]
+    if all(pixels):
         return PX
-    if PX in kinds:
+    if any(pixels):
         raise ValueError(
             f"axes mix pixels and physical units ({list(units)}); give every spatial axis "
             "a length unit or none"
-        )
-    if kinds != {"nanometer"}:
-        raise ValueError(
-            f"volume units {list(units)} are not nm; innerdist keeps world units in nm "
-            "(open the volume through innerdist.volumes.open_volume to convert)"
         )
     return NM
 

@@ -5,12 +5,18 @@ e.g. ``data/cells.zarr/raw`` or ``data/em.n5/volumes/labels``. Everything return
 :class:`funlib.persistence.Array`, whose ``roi``, ``offset`` and ``voxel_size`` are in
 world units (e.g. nm) and whose channel axes are named with a trailing ``^`` (``c^``).
 
+OME-NGFF images open by their group (``img.ome.zarr``: level 0), a level
+(``img.ome.zarr/s1``) or a label image (``img.ome.zarr/labels/cells``); see
+:mod:`innerdist.ome`. Outputs are OME-NGFF 0.5 images themselves (``create_volume(...,
+ome=True)``: the group ``out.zarr/pred`` with level ``s0``), opened by the same path.
+
 Outputs written by innerdist carry ``innerdist_complete`` in their attributes: ``False``
 while a job is writing them, ``True`` once every block is written. A reader that gets an
 output with ``innerdist_complete == False`` knows it is looking at a half-written result.
 
-Voxel sizes and offsets are integers in world units (funlib.geometry's rule); a dataset
-with fractional voxel sizes must be described in a smaller unit (e.g. 4.5 nm -> 45 Å).
+Voxel sizes and offsets are integers in one world unit per volume (funlib.geometry's
+rule): nm, converted exactly from the unit the metadata gives (:mod:`innerdist.units`;
+0.008 micrometer is 8 nm, 4.5 nm is an error), or px for data without a calibration.
 """
 
 from __future__ import annotations
@@ -268,6 +274,7 @@ def create_volume(
             f"it instead, e.g. {str(container / 'labels' / 'cells')!r}"
         )
     target = container / dataset
+    image = _image_of_label(target) if ome and label else None  # checked before deleting
     if target.exists():
         if not overwrite:
             raise FileExistsError(
@@ -290,7 +297,6 @@ def create_volume(
         chunks = (num_channels, *chunks)
     if units not in (NM, PX):
         raise ValueError(f"units must be {NM!r} or {PX!r}, got {units!r}")
-    image = _image_of_label(target) if ome and label else None
     meta = dict(attrs or {})
     meta[COMPLETE_ATTR] = False
     container.mkdir(parents=True, exist_ok=True)
