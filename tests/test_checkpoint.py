@@ -14,8 +14,6 @@ from innerdist.architecture import UNet
 from innerdist.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
-    check_normalization,
-    default_normalization,
     load_checkpoint,
     random_checkpoint,
     save_checkpoint,
@@ -330,37 +328,6 @@ def test_from_model_errors() -> None:
     with pytest.raises(TypeError, match="must be an innerdist Model"):
         Checkpoint.from_model(torch.nn.Linear(2, 2), predictor(),  # type: ignore[arg-type]
                               voxel_size=(4, 4), normalization=NORM)
-
-
-@pytest.mark.parametrize(
-    ("normalization", "error", "message"),
-    [
-        ([0, 255], TypeError, "must be a dict"),
-        ({"min": 0, "max": 255}, ValueError, r"missing keys \['dtype'\]"),
-        ({"min": 0, "max": 255, "dtype": "uint8", "mean": 3}, ValueError, r"unknown keys \['mean"),
-        ({"min": 5, "max": 5, "dtype": "uint8"}, ValueError, "min < max"),
-        ({"min": 0, "max": float("inf"), "dtype": "uint8"}, ValueError, "must be finite"),
-        ({"min": "0", "max": 1, "dtype": "uint8"}, TypeError, "must be a number"),
-        ({"min": 0, "max": 1, "dtype": "not-a-dtype"}, TypeError, "must name a numpy dtype"),
-    ],
-)
-def test_check_normalization_errors(normalization: Any, error: type[Exception],
-                                    message: str) -> None:
-    with pytest.raises(error, match=message):
-        check_normalization(normalization)
-
-
-def test_check_normalization_without_dtype() -> None:
-    assert check_normalization({"min": -1, "max": 1}, require_dtype=False) == {
-        "min": -1.0, "max": 1.0
-    }
-
-
-def test_default_normalization() -> None:
-    assert default_normalization(np.uint8) == {"min": 0.0, "max": 255.0, "dtype": "uint8"}
-    assert default_normalization("int16") == {"min": -32768.0, "max": 32767.0, "dtype": "int16"}
-    with pytest.raises(ValueError, match="needs an integer dtype, got float32"):
-        default_normalization(np.float32)
 
 
 def test_weights_hash_with_batch_norm_scalars() -> None:

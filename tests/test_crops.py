@@ -82,6 +82,7 @@ def predictor(channels=("obj",)):
 
 def sampler(volume, input_shape=(32, 32), output_shape=(24, 24), **kwargs):
     kwargs.setdefault("augment", AugmentConfig.disabled())
+    kwargs.setdefault("normalization", {"min": 0, "max": 1})  # raw as it is
     source = VolumeSource(raw=volume["raw_path"], labels=volume["labels_path"])
     return CropSampler([source], predictor(), input_shape, output_shape, **kwargs)
 
@@ -303,7 +304,9 @@ def test_raw_with_channels_and_normalization(tmp_path):
     )
     pred = predictor()
     off = AugmentConfig.disabled()
-    s = CropSampler([source], pred, (24, 24), (20, 20), augment=off)
+    s = CropSampler(
+        [source], pred, (24, 24), (20, 20), augment=off, normalization={"min": 0, "max": 255}
+    )
     sample = s.sample(np.random.default_rng(0))
     assert s.num_in_channels == 2 and sample["raw"].shape == (2, 24, 24)
     means = sample["raw"][:, 2:-2, 2:-2].mean(axis=(1, 2))
@@ -314,11 +317,13 @@ def test_raw_with_channels_and_normalization(tmp_path):
     np.testing.assert_allclose(
         s.sample(np.random.default_rng(0))["raw"].mean(axis=(1, 2)), [0, 1], atol=1e-6
     )
-    s = CropSampler(
-        [source], pred, (20, 20), (20, 20), augment=off, normalization={"mean": 102, "std": 51}
-    )
+    # Without one, the range is measured on the data: half the voxels are 51, half 204, so
+    # both percentiles (1 %, 99.8 %) fall on those two values.
+    s = CropSampler([source], pred, (20, 20), (20, 20), augment=off)
+    assert (s.normalization["min"], s.normalization["max"]) == (51.0, 204.0)
+    assert s.normalization["method"] == "percentiles"
     np.testing.assert_allclose(
-        s.sample(np.random.default_rng(0))["raw"].mean(axis=(1, 2)), [-1, 2], atol=1e-6
+        s.sample(np.random.default_rng(0))["raw"].mean(axis=(1, 2)), [0, 1], atol=1e-6
     )
 
 
@@ -645,13 +650,13 @@ def test_crop_sampler_errors(volume):
         CropSampler(opened, pred, (32, 32), (24, 24), max_tries=2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_tries must be >= 1"):
         CropSampler(opened, pred, (32, 32), (24, 24), max_tries=0)
-    for bad, match in [
-        ({"lo": 0, "hi": 1}, r"keys \{'min', 'max'\}"),
-        ({"min": 1, "max": 1}, "max > min"),
-        ({"mean": 1, "std": 0}, "std > 0"),
-        ({"min": "a", "max": 1}, "finite number"),
+    for bad, error, match in [
+        ({"lo": 0, "hi": 1}, ValueError, r"missing keys \['max', 'min'\]"),
+        ({"min": 1, "max": 1}, ValueError, "min < max"),
+        ({"mean": 1, "std": 2}, ValueError, "unknown keys"),
+        ({"min": "a", "max": 1}, TypeError, "must be a number"),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(error, match=match):
             CropSampler(opened, pred, (32, 32), (24, 24), normalization=bad)
     with pytest.raises(TypeError, match="normalization must be a dict"):
         CropSampler(opened, pred, (32, 32), (24, 24), normalization=[0, 1])  # type: ignore[arg-type]
@@ -675,8 +680,13 @@ def test_nan_raw_is_an_error_naming_volume_and_roi(tmp_path):
         raw=write(tmp_path / "n.zarr" / "raw", raw),
         labels=write(tmp_path / "n.zarr" / "labels", blobs((30, 30), 4, seed=0)),
     )
-    s = CropSampler([source], predictor(), (24, 24), (20, 20), augment=AugmentConfig.disabled())
-    with pytest.raises(ValueError, match=r"raw '.*n.zarr/raw' has NaN or infinite values in \["):
+    with pytest.raises(ValueError, match=r"non-finite values .* in raw '.*n.zarr/raw'"):
+        CropSampler([source], predictor(), (24, 24), (20, 20))  # measuring the range
+    s = CropSampler(
+        [source], predictor(), (24, 24), (20, 20), augment=AugmentConfig.disabled(),
+        normalization={"min": 0, "max": 1},
+    )
+    with pytest.raises(ValueError, match=r"non-finite values .* in raw '.*n.zarr/raw' ROI \["):
         s.sample(np.random.default_rng(0))
 
 

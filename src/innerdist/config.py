@@ -293,8 +293,9 @@ class NormalizationConfig(_Strict):
 class TrainingConfig(_Strict):
     """How to train. Intervals are in iterations (optimizer steps); 0 disables snapshots.
 
-    ``normalization`` left out means: from the raw dtype (uint8 0..255, uint16 0..65535,
-    floats 0..1). ``device: auto`` picks ``cuda`` when available. ``amp`` (mixed
+    ``normalization`` left out means: the data's own range, the 1 and 99.8 percentiles of
+    the training intensities (sampled), stored in the checkpoint and used by validation and
+    ``predict`` alike (see :mod:`innerdist.normalize`). ``device: auto`` picks ``cuda`` when available. ``amp`` (mixed
     precision) is used on CUDA only and ignored on the CPU. ``num_workers`` data-loader
     processes do not change the sample stream: sample ``i`` is always drawn from
     ``seed`` and ``i``.

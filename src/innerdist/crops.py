@@ -60,6 +60,7 @@ from innerdist.arrays import NumpyArray
 from innerdist.augment import AugmentConfig, required_margin
 from innerdist.augment import augment as augment_crop
 from innerdist.inner_distance import InnerDistancePredictor
+from innerdist.normalize import check_normalization, measure_normalization, normalize_raw
 from innerdist.volumes import num_channels, open_volume
 
 __all__ = [
@@ -406,52 +407,6 @@ def _read_upsampled(array: Array, roi: Roi, factor: Coordinate, fill: str) -> np
     return data[tuple(slice(b, b + s) for b, s in zip(begin, shape, strict=True))]
 
 
-def _normalizer(normalization: Mapping[str, float] | None) -> tuple[str, float, float]:
-    """``(kind, a, b)``; raw becomes ``(x - a) / b``; kind "dtype" picks ``a, b`` later."""
-    if normalization is None:
-        return ("dtype", 0.0, 1.0)
-    if not isinstance(normalization, Mapping):
-        raise TypeError(
-            f"normalization must be a dict like {{'min': 0, 'max': 255}} or "
-            f"{{'mean': m, 'std': s}}, got {normalization!r}"
-        )
-    keys = set(normalization)
-    values = {k: v for k, v in normalization.items()}
-    for k, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"normalization[{k!r}] must be a finite number, got {v!r}")
-    if keys == {"min", "max"}:
-        lo, hi = float(values["min"]), float(values["max"])
-        if not hi > lo:
-            raise ValueError(f"normalization needs max > min, got min={lo}, max={hi}")
-        return ("affine", lo, hi - lo)
-    if keys == {"mean", "std"}:
-        mean, std = float(values["mean"]), float(values["std"])
-        if not std > 0:
-            raise ValueError(f"normalization needs std > 0, got std={std}")
-        return ("affine", mean, std)
-    raise ValueError(
-        f"normalization must have keys {{'min', 'max'}} or {{'mean', 'std'}}, got {sorted(keys)}"
-    )
-
-
-def _normalize(data: np.ndarray, rule: tuple[str, float, float]) -> np.ndarray:
-    kind, a, b = rule
-    if kind == "dtype":
-        if np.issubdtype(data.dtype, np.integer):
-            # Integer raw without an explicit rule: map the dtype's full range onto [0, 1].
-            info = np.iinfo(data.dtype)
-            a, b = float(info.min), float(info.max) - float(info.min)
-        elif data.dtype == bool:
-            a, b = 0.0, 1.0
-    out = data.astype(np.float32)
-    if a != 0.0:
-        out -= np.float32(a)
-    if b != 1.0:
-        out /= np.float32(b)
-    return out
-
-
 @dataclass(frozen=True)
 class Crop:
     """One training sample, plus where it came from.
@@ -542,9 +497,9 @@ class CropSampler:
     augment:
         Augmentation settings; :meth:`AugmentConfig.disabled` for none (validation).
     normalization:
-        ``{"min": a, "max": b}`` -> ``(x - a) / (b - a)``; ``{"mean": m, "std": s}`` ->
-        ``(x - m) / s``; ``None``: integer raw is mapped from its dtype's range onto
-        ``[0, 1]`` (uint8: ``x / 255``), float raw is used as it is.
+        ``{"min": a, "max": b}`` (raw units) -> ``(x - a) / (b - a)``, by
+        :func:`innerdist.normalize.normalize_raw`; ``None`` measures it on the sources
+        (:func:`innerdist.normalize.measure_normalization`: the data's own percentiles).
     min_foreground_fraction:
         Redraw a crop (up to ``max_tries`` crops in all) until at least this fraction of its
         output voxels is object in some channel (counted before augmentation); if none
@@ -570,7 +525,7 @@ class CropSampler:
     sources: list[OpenedSource]
     predictor: InnerDistancePredictor
     augment: AugmentConfig
-    normalization: dict[str, float] | None
+    normalization: dict[str, Any]
     input_shape: Coordinate
     output_shape: Coordinate
     voxel_size: Coordinate
@@ -582,7 +537,6 @@ class CropSampler:
     max_tries: int
     _probabilities: np.ndarray
     _centres: list[_CentreGrid]
-    _norm_rule: tuple[str, float, float]
 
     def __init__(
         self,
@@ -592,7 +546,7 @@ class CropSampler:
         output_shape: Sequence[int],
         *,
         augment: AugmentConfig | None = None,
-        normalization: Mapping[str, float] | None = None,
+        normalization: Mapping[str, Any] | None = None,
         min_foreground_fraction: float = 0.0,
         max_tries: int = 50,
     ) -> None:
@@ -657,8 +611,11 @@ class CropSampler:
         self.sources = opened
         self.predictor = predictor
         self.augment = augment
-        self._norm_rule = _normalizer(normalization)
-        self.normalization = None if normalization is None else dict(normalization)
+        if normalization is None:
+            normalization = measure_normalization(
+                [(s.raw, s.roi, s.source.raw) for s in opened]
+            )
+        self.normalization = check_normalization(normalization, require_dtype=False)
         self.min_foreground_fraction = float(min_foreground_fraction)
         self.max_tries = int(max_tries)
         self.voxel_size = opened[0].voxel_size
@@ -835,13 +792,11 @@ class CropSampler:
     def _read_raw(self, s: OpenedSource, roi: Roi) -> np.ndarray:
         """``(C_in, *shape)`` normalised float32 raw, zero outside the data."""
         inside = roi.intersect(s.raw.roi)
-        data = _read(s.raw, inside)
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            raise ValueError(
-                f"raw {s.source.raw!r} has NaN or infinite values in {inside} (world units); "
-                "fix the data or exclude that region with a mask"
-            )
-        data = _normalize(data, self._norm_rule)
+        data = normalize_raw(
+            _read(s.raw, inside),
+            self.normalization,
+            where=f"raw {s.source.raw!r} ROI {inside} (world units)",
+        )
         if s.raw.channel_dims == 0:
             data = data[np.newaxis]
         before = (inside.begin - roi.begin) / s.voxel_size

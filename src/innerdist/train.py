@@ -47,15 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from innerdist.config import TrainConfig, TrainingConfig, load_config, save_config
 from innerdist.validate import ROW_KEYS, Best, select_best
 
 if TYPE_CHECKING:
     import torch
 
-    from innerdist.crops import OpenedSource
     from innerdist.model import Model
 
 __all__ = [
@@ -372,24 +369,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _normalization(config: TrainConfig, sources: Sequence[OpenedSource]) -> dict[str, Any]:
-    """``{"min", "max", "dtype"}`` from the config, or from the raw dtype of the data."""
-    dtypes = sorted({np.dtype(s.raw.dtype).name for s in sources})
-    given = config.training.normalization
-    if given is not None:
-        return {"min": given.min, "max": given.max, "dtype": dtypes[0]}
-    if len(dtypes) > 1:
-        raise ValueError(
-            f"training raw volumes have different dtypes {dtypes}; set training.normalization "
-            "({min, max}) so they are mapped to one intensity range"
-        )
-    dtype = np.dtype(dtypes[0])
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return {"min": float(info.min), "max": float(info.max), "dtype": dtype.name}
-    return {"min": 0.0, "max": 1.0, "dtype": dtype.name}
-
-
 def _worker_init(_: int) -> None:
     import torch
 
@@ -429,6 +408,7 @@ def train(
     from innerdist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from innerdist.crops import CropSampler, TrainingDataset, VolumeSource, open_sources
     from innerdist.inner_distance import InnerDistancePredictor
+    from innerdist.normalize import measure_normalization
     from innerdist.validate import load_validation_volumes
 
     config = load_config(config_path)
@@ -457,7 +437,11 @@ def train(
             f"training raw {sources[0].source.raw!r} has {sources[0].num_raw_channels} "
             f"channel(s) but model.num_in_channels is {unet.num_in_channels}"
         )
-    normalization = _normalization(config, sources)
+    given = tc.normalization
+    normalization = measure_normalization(
+        [(s.raw, s.roi, s.source.raw) for s in sources],
+        given=None if given is None else given.model_dump(),
+    )
     input_shape = tuple(int(s) for s in unet.input_shape)
     output_shape = tuple(int(s) for s in unet.output_shape(input_shape))
     sampler = CropSampler(
@@ -466,7 +450,7 @@ def train(
         input_shape,
         output_shape,
         augment=tc.augment,
-        normalization={"min": normalization["min"], "max": normalization["max"]},
+        normalization=normalization,
         min_foreground_fraction=tc.min_foreground_fraction,
     )
     volumes = load_validation_volumes(

@@ -333,13 +333,14 @@ def load_validation_volumes(
     The checks are those of training data (:func:`innerdist.crops.open_sources`: datasets
     exist, voxel sizes fit, raw and labels overlap, labels not empty). Raw is read where
     raw and labels overlap, grown by ``context`` (voxels) as far as the raw reaches, and
-    normalised (``(x - min) / (max - min)``; NaN raises ``ValueError``). Semantic labels
+    normalised as training crops are (:func:`innerdist.normalize.normalize_raw`:
+    ``(x - min) / (max - min)``; NaN raises ``ValueError``). Semantic labels
     become instances: each face-connected region of a channel's classes is one object.
     """
     import cc3d
 
     from innerdist.crops import VolumeSource, open_sources
-    from innerdist.predict import normalize_raw
+    from innerdist.normalize import normalize_raw
 
     if not sources:
         return []
