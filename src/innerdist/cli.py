@@ -398,22 +398,32 @@ def train(
         str | None,
         typer.Option(help="Run directory (default: runs/<config name>/ next to the config)."),
     ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Time budget of this call in minutes: stop after a checkpoint and a "
+            "validation once it is spent (default: training.max_minutes, else none).",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Train a U-Net as CONFIG says, validate it and keep the best checkpoint.
 
-    Run the same command again to resume after a crash (or with more iterations).
+    Run the same command again to resume after a crash, a time budget (--minutes) or
+    with more iterations.
     """
     _setup_logging(verbose)
     from innerdist.config import ConfigError
     from innerdist.train import train as run_training
 
     try:
-        result = run_training(config, run_dir)
+        result = run_training(config, run_dir, minutes=minutes)
     except ConfigError as e:
         # All problems on the one line the error handler prints.
         raise ValueError(f"invalid config {e.source}: " + "; ".join(e.problems)) from None
     typer.echo(f"trained {result.iteration} iterations (resumed from {result.resumed_from})")
+    if result.out_of_time:
+        typer.echo("stopped by the time budget; run the same command again to continue")
     typer.echo(f"run directory: {result.run_dir}")
     typer.echo(f"last checkpoint: {result.last_checkpoint}")
     for criterion, best in result.best.items():

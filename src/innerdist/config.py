@@ -293,15 +293,21 @@ class NormalizationConfig(_Strict):
 class TrainingConfig(_Strict):
     """How to train. Intervals are in iterations (optimizer steps); 0 disables snapshots.
 
+    ``max_minutes`` (optional) is a time budget: training stops at the first iteration
+    that ends past it, after writing a checkpoint and (with validation data) validating
+    it, so the best checkpoint knows the last state; running again resumes. ``iterations``
+    stays the plan (it shapes a cosine schedule) and the upper limit.
+
     ``normalization`` left out means: the data's own range, the 1 and 99.8 percentiles of
     the training intensities (sampled), stored in the checkpoint and used by validation and
-    ``predict`` alike (see :mod:`innerdist.normalize`). ``device: auto`` picks ``cuda`` when available. ``amp`` (mixed
-    precision) is used on CUDA only and ignored on the CPU. ``num_workers`` data-loader
-    processes do not change the sample stream: sample ``i`` is always drawn from
-    ``seed`` and ``i``.
+    ``predict`` alike (see :mod:`innerdist.normalize`). ``device: auto`` picks ``cuda``
+    when available. ``amp`` (mixed precision) is used on CUDA only and ignored on the CPU.
+    ``num_workers`` data-loader processes do not change the sample stream: sample ``i`` is
+    always drawn from ``seed`` and ``i``.
     """
 
     iterations: int = Field(ge=1)
+    max_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     batch_size: int = Field(default=1, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

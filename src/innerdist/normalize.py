@@ -256,8 +256,8 @@ def measure_normalization(
     the ``percentiles`` of a sample of the intensities (the budget ``max_voxels`` is split
     evenly between the volumes, whose samples are pooled). When the two percentiles
     coincide (an image that is mostly one value) the sample's minimum and maximum are used
-    instead; a constant sample warns and gets ``max = min + 1``. With ``given`` (``{"min", "max"}``):
-    that range, ``"method": "given"``.
+    instead; a constant sample warns and gets ``max = min + 1``. With ``given``
+    (``{"min", "max"}``): that range, ``"method": "given"``.
 
     Warns (``RuntimeWarning``) when integer raw uses a tiny part of its dtype's range
     (8-bit values in a uint16 file; harmless here, but worth knowing), or, with ``given``,

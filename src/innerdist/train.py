@@ -87,7 +87,8 @@ class RunResult:
     result so far; ``best_checkpoint``: ``checkpoints/best.pt`` (``None`` without
     validation data); ``iterations_per_second`` and ``data_wait_fraction`` (share of the
     step time spent waiting for the data loader) cover this call's iterations only, as does
-    ``validation_seconds`` (time spent validating).
+    ``validation_seconds`` (time spent validating). ``out_of_time``: the time budget
+    (``minutes`` / ``training.max_minutes``) ended the call before ``training.iterations``.
     """
 
     run_dir: Path
@@ -100,6 +101,12 @@ class RunResult:
     iterations_per_second: float | None = None
     data_wait_fraction: float | None = None
     validation_seconds: float = 0.0
+    out_of_time: bool = False
+
+
+def _now() -> float:
+    """Seconds on a monotonic clock (a function, so tests can move time on)."""
+    return time.monotonic()
 
 
 def default_run_dir(config_path: str | Path) -> Path:
@@ -305,6 +312,9 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> TrainConfig | None:
     saved = load_config(saved_path)
     old, new = saved.to_dict(), config.to_dict()
     old_its, new_its = old["training"].pop("iterations"), new["training"].pop("iterations")
+    # A time budget is for one call, not part of what was trained.
+    old["training"].pop("max_minutes", None)
+    new["training"].pop("max_minutes", None)
     changed = _differences(old, new)
     if new_its < old_its:
         changed.insert(0, f"training.iterations: {old_its!r} -> {new_its!r}")
@@ -313,8 +323,8 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> TrainConfig | None:
         shown = "; ".join(changed[:3]) + more
         raise ValueError(
             f"the config differs from the one run {str(run_dir)!r} started with ({shown}); "
-            "only training.iterations may grow when resuming: use another run directory "
-            "(--run-dir) to train with new settings"
+            "only training.iterations may grow (and training.max_minutes change) when "
+            "resuming: use another run directory (--run-dir) to train with new settings"
         )
     return saved
 
@@ -396,13 +406,21 @@ def train(
     run_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    minutes: float | None = None,
 ) -> RunResult:
     """Train (or resume training) as ``config_path`` says; see the module docstring.
+
+    ``minutes`` (default ``training.max_minutes``; ``None``: no limit) is this call's time
+    budget, counted from the call: training stops after the first iteration with which the
+    elapsed time plus the duration of the last validation reaches it, with a checkpoint and
+    a validation of that iteration (so ``best.pt`` knows the last state). Running again
+    resumes from there.
 
     Raises ``ValueError``/``TypeError`` (invalid config, unusable data: missing datasets
     are ``FileNotFoundError``), with one line naming the problem, before the run directory
     is created or changed.
     """
+    call_began = _now()
     import torch
 
     from innerdist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -414,6 +432,13 @@ def train(
     config = load_config(config_path)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config_path)
     tc = config.training
+    if minutes is None:
+        minutes = tc.max_minutes
+    elif isinstance(minutes, bool) or not isinstance(minutes, int | float) or not (
+        math.isfinite(minutes) and minutes > 0
+    ):
+        raise ValueError(f"minutes must be a positive number (time budget), got {minutes!r}")
+    budget_s = None if minutes is None else float(minutes) * 60.0
     saved = _check_resumable(run, config)
 
     # --- everything that can fail on bad input, before the run directory is touched ---
@@ -546,8 +571,10 @@ def train(
             stats_log.flush()
             return ckpt
 
+        last_validation_s = 0.0
+
         def run_validation(iteration: int, ckpt: Any) -> None:
-            nonlocal best, validation_seconds
+            nonlocal best, validation_seconds, last_validation_s
             from innerdist.validate import validate
 
             began = time.perf_counter()
@@ -562,7 +589,8 @@ def train(
                     _write_best(ckpt_dir, ckpt, b, criteria, voxel_size)
             _write_best_json(ckpt_dir, best, criteria, voxel_size)
             _plot_validation(run, rows, criteria, best)
-            validation_seconds += time.perf_counter() - began
+            last_validation_s = time.perf_counter() - began
+            validation_seconds += last_validation_s
 
         def due(iteration: int, interval: int) -> bool:
             return iteration % interval == 0 or iteration == tc.iterations
@@ -605,6 +633,8 @@ def train(
         done_here = 0
         last_ckpt = ckpt_dir / f"iteration_{start}.pt" if start else None
         plotted = -1  # the iteration whose logs the PNGs show
+        last_iteration = start
+        out_of_time = False
         try:
             for iteration in range(start + 1, tc.iterations + 1):
                 t0 = time.perf_counter()
@@ -653,8 +683,17 @@ def train(
 
                 if tc.snapshot_interval and iteration % tc.snapshot_interval == 0:
                     _snapshot(run, iteration, batch, prediction, unet.dims)
-                validating = bool(volumes) and due(iteration, tc.validation_interval)
-                if validating or due(iteration, tc.checkpoint_interval):
+                last_iteration = iteration
+                # The final validation must fit the budget too: reserve the last one's time.
+                out_of_time = (
+                    budget_s is not None
+                    and iteration < tc.iterations
+                    and _now() - call_began + last_validation_s >= budget_s
+                )
+                validating = bool(volumes) and (
+                    due(iteration, tc.validation_interval) or out_of_time
+                )
+                if validating or out_of_time or due(iteration, tc.checkpoint_interval):
                     ckpt = checkpoint(iteration)
                     last_ckpt = ckpt_dir / f"iteration_{iteration}.pt"
                     if validating:
@@ -663,6 +702,12 @@ def train(
                     if validating or not volumes:
                         _plot_loss(run, stats_log)
                         plotted = iteration
+                if out_of_time:
+                    logger.info(
+                        "time budget of %g min reached at iteration %d of %d; run again to "
+                        "resume", minutes, iteration, tc.iterations,
+                    )
+                    break
         finally:
             bar.close()
             stats_log.close()
@@ -672,16 +717,16 @@ def train(
         # The loop always checkpoints its last iteration; with nothing left to do, the
         # resumed checkpoint is the last one.
         last = last_ckpt if last_ckpt is not None else ckpt_dir / f"iteration_{start}.pt"
-        if plotted != tc.iterations:
+        if plotted != last_iteration:
             _plot_loss(run, stats_log)
-        if rows and plotted != tc.iterations:
+        if rows and plotted != last_iteration:
             _plot_validation(run, rows, criteria, best)
     finally:
         torch.set_num_threads(threads_before)
 
     return RunResult(
         run_dir=run,
-        iteration=max(start, tc.iterations),
+        iteration=max(start, last_iteration),
         resumed_from=start,
         final_loss=loss_value,
         last_checkpoint=last,
@@ -690,6 +735,7 @@ def train(
         iterations_per_second=done_here / session_time if session_time > 0 else None,
         data_wait_fraction=session_wait / session_time if session_time > 0 else None,
         validation_seconds=validation_seconds,
+        out_of_time=out_of_time,
     )
 
 
