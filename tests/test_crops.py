@@ -732,3 +732,70 @@ def test_direct_zarr_reads_match_funlib_reads(tmp_path):
     expected = data[:, 1:6, 2:7]
     np.testing.assert_array_equal(_read(on_disk, roi), expected)
     np.testing.assert_array_equal(_read(in_memory, roi), expected)
+
+
+# ---- a region of a volume (roi per source) ----------------------------------------------
+
+
+def test_a_source_roi_is_used_as_if_the_volume_were_cut_to_it(volume, tmp_path):
+    # Cut region: rows 8..40, columns 12..48 (voxels) = world [32:160, 48:192].
+    roi = {"begin": [32, 48], "end": [160, 192]}
+    cut = (slice(8, 40), slice(12, 48))
+    whole = VolumeSource(raw=volume["raw_path"], labels=volume["labels_path"])
+    part = VolumeSource(raw=volume["raw_path"], labels=volume["labels_path"], roi=roi)
+    # The same data as separate, cut volumes: the reference.
+    offset = (32, 48)
+    copy = VolumeSource(
+        raw=write(tmp_path / "cut.zarr" / "raw", volume["raw"][cut], offset=offset),
+        labels=write(tmp_path / "cut.zarr" / "labels", volume["labels"][cut], offset=offset),
+    )
+    (opened,) = open_sources([part], ["obj"])
+    assert opened.roi == Roi((32, 48), (128, 144)) and opened.bounds == opened.roi
+    assert open_sources([whole], ["obj"])[0].bounds is None
+    kwargs = {"normalization": {"min": 0, "max": 1}, "augment": AugmentConfig.disabled()}
+    a = CropSampler([part], predictor(), (32, 32), (24, 24), **kwargs)
+    b = CropSampler([copy], predictor(), (32, 32), (24, 24), **kwargs)
+    for seed in range(8):
+        ca, cb = (s.sample_crop(np.random.default_rng(seed)) for s in (a, b))
+        assert opened.roi.contains(ca.output_roi) and ca.output_roi == cb.output_roi
+        for key in ("raw", "target", "weight", "labels", "mask"):
+            np.testing.assert_array_equal(getattr(ca, key), getattr(cb, key), err_msg=key)
+    # The measured normalisation looks at the region only.
+    measured = CropSampler([part], predictor(), (32, 32), (24, 24)).normalization
+    assert measured["max"] <= volume["raw"][cut].max()
+
+
+def test_validation_volume_of_a_source_roi(volume):
+    from innerdist.config import SourceConfig
+    from innerdist.validate import load_validation_volumes
+
+    roi = {"begin": [32, 48], "end": [160, 192]}
+    source = SourceConfig(raw=volume["raw_path"], labels=volume["labels_path"], roi=roi)
+    (v,) = load_validation_volumes([source], ["obj"], {"min": 0, "max": 1}, (4, 4))
+    assert v.roi == v.read_roi == Roi((32, 48), (128, 144))  # no context beyond the region
+    np.testing.assert_array_equal(v.raw[0], volume["raw"][8:40, 12:48])
+    np.testing.assert_array_equal(v.labels[0], volume["labels"][8:40, 12:48])
+
+
+def test_source_roi_errors(volume, tmp_path):
+    def opening(roi, labels=volume["labels_path"]):
+        return open_sources(
+            [VolumeSource(raw=volume["raw_path"], labels=labels, roi=roi)], ["obj"]
+        )
+
+    with pytest.raises(ValueError, match=r"roi \[0, 0\]\.\.\[400, 80\] .* is not inside the "
+                                         r"region"):
+        opening({"begin": [0, 0], "end": [400, 80]})
+    with pytest.raises(ValueError, match=r"roi \[2, 0\]\.\.\[40, 40\] .*not on the raw voxel "
+                                         r"grid \(voxel size \(4, 4\)"):
+        opening({"begin": [2, 0], "end": [40, 40]})
+    with pytest.raises(ValueError, match="has 3 axes but the data has 2"):
+        opening({"begin": [0, 0, 0], "end": [4, 4, 4]})
+    coarse = write(tmp_path / "c.zarr" / "labels", volume["labels"][::2, ::2], voxel=(8, 8))
+    with pytest.raises(ValueError, match=r"not on the labels voxel grid \(voxel size \(8, 8\)"):
+        opening({"begin": [4, 0], "end": [40, 40]}, labels=coarse)
+    labels = np.zeros((48, 56), np.uint32)
+    labels[40:, :] = 1  # objects only outside the region
+    only_outside = write(tmp_path / "o.zarr" / "labels", labels)
+    with pytest.raises(ValueError, match="is empty"):
+        opening({"begin": [0, 0], "end": [80, 80]}, labels=only_outside)

@@ -54,6 +54,7 @@ __all__ = [
     "ModelConfig",
     "NormalizationConfig",
     "OptimizerConfig",
+    "RoiConfig",
     "ScheduleConfig",
     "SourceConfig",
     "TaskConfig",
@@ -106,6 +107,32 @@ def _problems(error: ValidationError) -> list[str]:
 # --- data -------------------------------------------------------------------------------
 
 
+class RoiConfig(_Strict):
+    """A region in world units (nm): ``begin`` (inclusive) and ``end`` (exclusive) per
+    spatial axis, z, y, x order, e.g. ``{begin: [0, 0], end: [2560, 5120]}``."""
+
+    begin: list[int] = Field(min_length=2, max_length=3)
+    end: list[int] = Field(min_length=2, max_length=3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoiConfig:
+        if len(self.begin) != len(self.end):
+            raise ValueError(
+                f"begin {self.begin} and end {self.end} must have one entry per axis each"
+            )
+        if not all(e > b for b, e in zip(self.begin, self.end, strict=True)):
+            raise ValueError(
+                f"end {self.end} must be greater than begin {self.begin} on every axis"
+            )
+        return self
+
+    def to_roi(self) -> Any:
+        """The :class:`funlib.geometry.Roi` (offset = begin, shape = end - begin)."""
+        from funlib.geometry import Coordinate, Roi
+
+        return Roi(Coordinate(self.begin), Coordinate(self.end) - Coordinate(self.begin))
+
+
 class SourceConfig(_Strict):
     """One volume to train or validate on.
 
@@ -115,6 +142,10 @@ class SourceConfig(_Strict):
     (each connected region of those ids is then one object). ``mask`` (optional, 0 = do
     not use the voxel) restricts where crops are taken and which voxels count in the loss
     and in validation. ``weight`` is the relative probability of sampling from this volume.
+    ``roi`` (optional, world units, see :class:`RoiConfig`) uses only that region, as if
+    the volume were cut to it (raw, labels and mask alike), so train, validation and test
+    regions of one volume need no copies; it must lie inside the data and on the voxel
+    grid of raw and labels.
     """
 
     raw: str
@@ -122,6 +153,7 @@ class SourceConfig(_Strict):
     classes: dict[str, list[int]] | None = None
     mask: str | None = None
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    roi: RoiConfig | None = None
 
     @model_validator(mode="after")
     def _labels_form(self) -> SourceConfig:
@@ -490,6 +522,11 @@ class TrainConfig(_Strict):
                     raise ValueError(
                         f"{where}.classes: names {sorted(source.classes)} must be the "
                         f"channels {channels}"
+                    )
+                if source.roi is not None and len(source.roi.begin) != self.dims:
+                    raise ValueError(
+                        f"{where}.roi: {len(source.roi.begin)} axes, but model.input_shape "
+                        f"has {self.dims}"
                     )
         return self
 

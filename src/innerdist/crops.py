@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from innerdist.arrays import NumpyArray
 from innerdist.augment import AugmentConfig, required_margin
 from innerdist.augment import augment as augment_crop
+from innerdist.config import RoiConfig
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.normalize import check_normalization, measure_normalization, normalize_raw
 from innerdist.volumes import num_channels, open_volume
@@ -87,7 +88,9 @@ class VolumeSource(BaseModel):
 
     Paths are ``container.zarr/dataset`` (see :func:`innerdist.volumes.open_volume`).
     ``mask`` (optional): 0 = do not train on this voxel; same voxel size as the labels.
-    ``weight``: relative chance of drawing a crop from this volume.
+    ``weight``: relative chance of drawing a crop from this volume. ``roi`` (optional,
+    :class:`~innerdist.config.RoiConfig`, world units): the volume is used as if it were cut
+    to this region; raw, labels and mask outside it are never read.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,6 +102,9 @@ class VolumeSource(BaseModel):
     )
     mask: str | None = Field(default=None, description="Optional mask dataset path (0 = ignore).")
     weight: float = Field(default=1.0, gt=0, description="Relative sampling weight.")
+    roi: RoiConfig | None = Field(
+        default=None, description="Use only this region (world units), as if cut to it."
+    )
 
     @field_validator("raw", "mask", mode="before")
     @classmethod
@@ -142,7 +148,9 @@ class VolumeSource(BaseModel):
 class OpenedSource:
     """A :class:`VolumeSource` whose datasets are open and checked (see :func:`open_sources`).
 
-    ``roi`` (world units) is where raw and all labels overlap: output ROIs lie inside it.
+    ``roi`` (world units) is where raw and all labels overlap, within the source's ``roi``
+    if it has one: output ROIs lie inside it. ``bounds`` is the region that may be read:
+    the source's ``roi``, or ``None`` for the whole of every dataset.
     ``upsample`` is the labels voxel size divided by the raw voxel size, per axis.
     ``classes`` holds, per channel in predictor order, the label values of that channel
     (semantic labels) or is ``None`` (instance labels, one dataset per channel).
@@ -156,6 +164,11 @@ class OpenedSource:
     voxel_size: Coordinate
     upsample: Coordinate
     roi: Roi
+    bounds: Roi | None = None
+
+    def readable(self, array: Array) -> Roi:
+        """The part of ``array`` that may be read (world units)."""
+        return array.roi if self.bounds is None else array.roi.intersect(self.bounds)
 
     @property
     def num_raw_channels(self) -> int:
@@ -188,12 +201,12 @@ def _grid_offset_ok(offset: Coordinate, reference: Coordinate, voxel: Coordinate
 
 
 def _check_labels_not_empty(
-    array: Array, path: str, classes: tuple[tuple[int, ...], ...] | None
+    array: Array, path: str, classes: tuple[tuple[int, ...], ...] | None, roi: Roi
 ) -> None:
-    """Raise unless ``array`` holds an object voxel; reads slab by slab, stopping early."""
+    """Raise unless ``array`` holds an object voxel in ``roi``; reads slab by slab,
+    stopping early."""
     values = None if classes is None else np.unique(np.concatenate([list(c) for c in classes]))
     voxel = array.voxel_size
-    roi = array.roi
     step = 16 * voxel[0]
     begin = roi.begin[0]
     while begin < roi.end[0]:
@@ -355,8 +368,15 @@ def _open_source(source: VolumeSource, channels: list[str]) -> OpenedSource:
                 f"{tuple(labels_voxel)})"
             )
 
+    bounds = None
+    if source.roi is not None:
+        bounds = _entry_roi(source.roi, source.raw, roi, voxel, labels_voxel,
+                            labels[0].roi.offset)
+        roi = bounds
     for path, array in zip(source.label_paths, labels, strict=True):
-        _check_labels_not_empty(array, path, classes)
+        # (On the labels' own grid: the entry's roi is checked to lie on it.)
+        searched = array.roi if bounds is None else bounds.intersect(array.roi)
+        _check_labels_not_empty(array, path, classes, searched)
 
     return OpenedSource(
         source=source,
@@ -367,14 +387,46 @@ def _open_source(source: VolumeSource, channels: list[str]) -> OpenedSource:
         voxel_size=voxel,
         upsample=labels_voxel / voxel,
         roi=roi,
+        bounds=bounds,
     )
 
 
-def _read_padded(array: Array, roi: Roi, fill: str) -> np.ndarray:
-    """Read ``roi`` (on ``array``'s grid, may leave its ROI): ``fill`` "zero" or "edge"."""
+def _entry_roi(
+    entry: RoiConfig, raw: str, data: Roi, voxel: Coordinate, labels_voxel: Coordinate,
+    labels_offset: Coordinate,
+) -> Roi:
+    """A source's ``roi`` as a checked :class:`Roi`: inside ``data`` (where raw and
+    labels overlap) and on the voxel grids of raw and labels."""
+    roi = entry.to_roi()
+    where = f"roi {entry.begin}..{entry.end} of the source with raw {raw!r}"
+    if roi.dims != data.dims:
+        raise ValueError(f"{where} has {roi.dims} axes but the data has {data.dims}")
+    for name, grid, origin in (("raw", voxel, data.offset), ("labels", labels_voxel,
+                                                             labels_offset)):
+        if not (
+            (roi.begin - origin).is_multiple_of(grid) and roi.shape.is_multiple_of(grid)
+        ):
+            raise ValueError(
+                f"{where} is not on the {name} voxel grid (voxel size {tuple(grid)}, "
+                f"offset {tuple(origin)}); begin and end must be multiples of the voxel size "
+                "from there"
+            )
+    if not data.contains(roi):
+        raise ValueError(
+            f"{where} (world units) is not inside the region {data.begin}..{data.end} where "
+            "raw and labels overlap"
+        )
+    return roi
+
+
+def _read_padded(
+    array: Array, roi: Roi, fill: str, bounds: Roi | None = None
+) -> np.ndarray:
+    """Read ``roi`` (on ``array``'s grid, may leave its ROI or ``bounds``): ``fill``
+    "zero" or "edge" beyond them."""
     voxel = Coordinate(array.voxel_size)
     shape = roi.shape / voxel
-    inside = roi.intersect(array.roi)
+    inside = roi.intersect(array.roi if bounds is None else array.roi.intersect(bounds))
     channel_shape = tuple(array.shape[: array.channel_dims])
     if inside.empty:
         # Only masks (and raw, for context) can lie fully outside; labels never do.
@@ -390,14 +442,17 @@ def _read_padded(array: Array, roi: Roi, fill: str) -> np.ndarray:
     return np.pad(data, pad, mode="constant")
 
 
-def _read_upsampled(array: Array, roi: Roi, factor: Coordinate, fill: str) -> np.ndarray:
-    """Read ``roi`` (on the finer grid, ``array.voxel_size / factor``) by nearest neighbour."""
+def _read_upsampled(
+    array: Array, roi: Roi, factor: Coordinate, fill: str, bounds: Roi | None = None
+) -> np.ndarray:
+    """Read ``roi`` (on the finer grid, ``array.voxel_size / factor``) by nearest neighbour;
+    ``bounds`` (on the coarse grid) limits what is read, as :func:`_read_padded`."""
     coarse = Coordinate(array.voxel_size)
     if all(f == 1 for f in factor):
-        return _read_padded(array, roi, fill)
+        return _read_padded(array, roi, fill, bounds)
     offset = array.roi.offset
     snapped = roi.shift(-offset).snap_to_grid(coarse, mode="grow").shift(offset)
-    data = _read_padded(array, snapped, fill)
+    data = _read_padded(array, snapped, fill, bounds)
     for axis, f in enumerate(factor):
         if f > 1:
             data = np.repeat(data, f, axis=axis)
@@ -674,7 +729,7 @@ class CropSampler:
         centre_roi = Roi(
             s.roi.begin + (self.output_shape // 2) * s.voxel_size, counts * s.voxel_size
         )
-        allowed = _read_upsampled(s.mask, centre_roi, s.upsample, "zero") != 0
+        allowed = _read_upsampled(s.mask, centre_roi, s.upsample, "zero", s.bounds) != 0
         if not allowed.any():
             raise ValueError(
                 f"mask {s.source.mask!r} is 0 at every voxel of {centre_roi} where an output "
@@ -701,7 +756,7 @@ class CropSampler:
         inside = _inside(read_roi, s.roi, voxel)
         mask = inside.copy()
         if s.mask is not None:
-            mask &= _read_upsampled(s.mask, read_roi, s.upsample, "zero") != 0
+            mask &= _read_upsampled(s.mask, read_roi, s.upsample, "zero", s.bounds) != 0
         # The "inside the data" indicator rides along as an extra label channel, so it is
         # moved exactly like the labels (nearest neighbour).
         stacked = np.concatenate([labels, inside[np.newaxis].astype(labels.dtype)])
@@ -778,9 +833,11 @@ class CropSampler:
     def _read_labels(self, s: OpenedSource, roi: Roi) -> np.ndarray:
         """``(C, *shape)`` int64 labels on the raw grid, edge-extended outside the data."""
         if s.classes is None:
-            channels = [_read_upsampled(a, roi, s.upsample, "edge") for a in s.labels]
+            channels = [
+                _read_upsampled(a, roi, s.upsample, "edge", s.bounds) for a in s.labels
+            ]
             return np.stack([c.astype(np.int64, copy=False) for c in channels])
-        semantic = _read_upsampled(s.labels[0], roi, s.upsample, "edge")
+        semantic = _read_upsampled(s.labels[0], roi, s.upsample, "edge", s.bounds)
         return np.stack([np.isin(semantic, values).astype(np.int64) for values in s.classes])
 
     def _foreground_fraction(self, labels: np.ndarray) -> float:
@@ -791,7 +848,7 @@ class CropSampler:
 
     def _read_raw(self, s: OpenedSource, roi: Roi) -> np.ndarray:
         """``(C_in, *shape)`` normalised float32 raw, zero outside the data."""
-        inside = roi.intersect(s.raw.roi)
+        inside = roi.intersect(s.readable(s.raw))
         data = normalize_raw(
             _read(s.raw, inside),
             self.normalization,
