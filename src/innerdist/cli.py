@@ -342,9 +342,18 @@ def import_tiff(
     chunk_shape: Annotated[
         str | None, typer.Option(help="Output chunk shape in voxels (default 64 per axis).")
     ] = None,
+    roi: Annotated[
+        str | None,
+        typer.Option(
+            help="Import only this region, world units (nm) like --voxel-size and --offset: "
+            "'BEGIN:END', comma-separated begin (inclusive) and end (exclusive) per axis, "
+            "z,y,x, e.g. '0,0:2048,4096'. The output keeps its world coordinates."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Copy a TIFF into a zarr volume with voxel size and offset, streaming slab by slab."""
+    from innerdist.predict import parse_roi
     from innerdist.tiff import import_tiff as run_import
 
     def ints(option: str, text: str | None, *, positive: bool) -> tuple[int, ...] | None:
@@ -365,6 +374,7 @@ def import_tiff(
         offset=ints("--offset", offset, positive=False),
         axes=axes,
         chunk_shape=ints("--chunk-shape", chunk_shape, positive=True),
+        roi=None if roi is None else parse_roi(roi),
         overwrite=overwrite,
     )
     typer.echo(
@@ -372,6 +382,37 @@ def import_tiff(
         f"{array.dtype}, voxel size {tuple(array.voxel_size)} nm, "
         f"offset {tuple(array.offset)} nm"
     )
+
+
+@app.command("export-tiff")
+@user_errors_exit_2
+def export_tiff(
+    volume: Annotated[str, typer.Argument(help="Volume to export, e.g. data.zarr/seg.")],
+    out: Annotated[str, typer.Argument(help="Output TIFF file (.tif), e.g. seg.tif.")],
+    roi: Annotated[
+        str | None,
+        typer.Option(
+            help="Export only this region, world units (nm): 'BEGIN:END', comma-separated "
+            "begin (inclusive) and end (exclusive) per axis. Default: the whole volume."
+        ),
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a volume as an ImageJ TIFF for Fiji or a script, calibrated with its voxel
+    size; one channel gives a plain image (YX / ZYX), several a hyperstack (CYX / ZCYX)."""
+    from innerdist.predict import parse_roi
+    from innerdist.tiff import export_tiff as run_export
+
+    path = run_export(
+        volume, out, roi=None if roi is None else parse_roi(roi), overwrite=overwrite
+    )
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        typer.echo(
+            f"wrote {path}: axes {series.axes}, shape {tuple(series.shape)}, {series.dtype}"
+        )
 
 
 @app.command("make-data")
