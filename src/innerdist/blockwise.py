@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -139,8 +140,19 @@ def run_blockwise(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
 
+    from innerdist.progress import BlockProgress, Progress
+
+    # Progress: daisy calls an observer only when it runs workers; in serial mode the
+    # blocks are counted here. Either way a bar on a terminal, plain lines in a log.
+    serial_bar = None
+    if progress and num_workers == 1:
+        grid = Roi((0,) * total_roi.dims, total_roi.shape).snap_to_grid(block_shape, "grow")
+        serial_bar = Progress(math.prod(grid.shape / block_shape), name, "block")
+
     def process_block(block: daisy.Block) -> None:
         process(block.read_roi, block.write_roi)
+        if serial_bar is not None:
+            serial_bar.update()
 
     # Worker logs go next to the block tracking, not into the current directory.
     daisy_logging.set_log_basedir(Path(tracking_dir) / "logs")
@@ -156,13 +168,17 @@ def run_blockwise(
         max_retries=1,
         tracking_path=str(Path(tracking_dir) / name),
     )
-    states = daisy.run_blockwise(
-        [task],
-        multiprocessing=num_workers > 1,
-        progress=progress,
-        return_states=True,
-        summary=False,
-    )
+    try:
+        states = daisy.run_blockwise(
+            [task],
+            multiprocessing=num_workers > 1,
+            progress=BlockProgress() if progress and serial_bar is None else False,
+            return_states=True,
+            summary=False,
+        )
+    finally:
+        if serial_bar is not None:
+            serial_bar.close()
     state = states[name]
     if state.completed_count != state.total_block_count:
         error = state.first_worker_error or state.last_worker_error

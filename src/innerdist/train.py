@@ -618,14 +618,10 @@ def train(
             prefetch_factor=4 if tc.num_workers else None,
             pin_memory=device.type == "cuda",
         )
-        from tqdm import tqdm
+        from innerdist.progress import Progress
 
-        bar = tqdm(
-            total=tc.iterations, initial=start, unit="it", desc="train",
-            # None: shown on a terminal only, so logs and captured output stay clean.
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        )
+        # A bar on a terminal, a plain line every 10 s in a log.
+        bar = Progress(tc.iterations, "train", "it", initial=start, enabled=progress)
         batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
         model.train()
         loss_value: float | None = None
@@ -678,7 +674,7 @@ def train(
                     "elapsed_s": round(elapsed, 3),
                 }])
                 stats_log.flush_every(10.0)
-                bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+                bar.set_postfix(loss=f"{loss_value:.4g}")
                 bar.update(1)
 
                 if tc.snapshot_interval and iteration % tc.snapshot_interval == 0:
