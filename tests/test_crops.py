@@ -405,8 +405,8 @@ def test_training_dataset_is_a_function_of_seed_and_index(volume):
     assert not torch.equal(item["raw"], TrainingDataset(ds.sampler, seed=6, length=64)[3]["raw"])
 
     def batches(workers):
-        # "spawn": numba's OpenMP layer (used for targets) kills forked children of a process
-        # that already ran parallel code. A timeout turns a worker deadlock into an error.
+        # "spawn", as the trainer asks for (see TrainingDataset). A timeout turns a worker
+        # deadlock into an error.
         loader = torch.utils.data.DataLoader(
             ds,
             batch_size=4,

@@ -181,8 +181,9 @@ def _read(array: Array, roi: Roi) -> np.ndarray:
 
     A plain zarr-backed array is sliced directly: funlib goes through a dask graph, which
     costs about as much again as reading the chunks. Anything else (lazy ops, N5, numpy)
-    goes through funlib, computed in the calling thread: dask's default thread pool does
-    not survive a fork, so a forked loader worker would wait forever on the parent's pool.
+    goes through funlib, computed in the calling thread (dask's synchronous scheduler): a
+    crop is small, so a thread pool would only add hand-offs, and a loader worker then
+    runs no dask threads of its own.
     """
     source = array._source_data
     if not array.lazy_ops and isinstance(source, zarr.Array):
@@ -892,10 +893,12 @@ class TrainingDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     ``length`` is the number of samples, e.g. ``iterations * batch_size``. Items are dicts of
     tensors with the keys of :meth:`CropSampler.sample`.
 
-    With ``num_workers > 0`` give the ``DataLoader`` ``multiprocessing_context="spawn"`` (or
-    ``"forkserver"``): targets are computed by numba code running on OpenMP threads, and a
-    child forked from a process that has already run such code is terminated by the OpenMP
-    runtime ("fork() called from a process already using GNU OpenMP").
+    Any ``DataLoader`` start method works: items hold only plain arrays, and the threads a
+    forked worker inherits half-copied (zarr's event loop, the thread pool of
+    :mod:`innerdist.distance`) are reset in the child by their owners. The trainer still
+    asks for ``"spawn"``: it does not depend on every library in the process being
+    fork-safe, and it is what macOS and Windows use anyway. (daisy 2 always spawns its
+    block workers; its scheduler runs threads that a fork cannot copy.)
     """
 
     def __init__(self, sampler: CropSampler, seed: int, length: int) -> None:

@@ -48,7 +48,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from innerdist.config import TrainConfig, TrainingConfig, load_config, save_config
-from innerdist.validate import ROW_KEYS, Best, select_best
+from innerdist.validate import (
+    ROW_KEYS,
+    Best,
+    load_validation_volumes,
+    scores_per_iteration,
+    select_best,
+    validate,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -427,7 +434,6 @@ def train(
     from innerdist.crops import CropSampler, TrainingDataset, VolumeSource, open_sources
     from innerdist.inner_distance import InnerDistancePredictor
     from innerdist.normalize import measure_normalization
-    from innerdist.validate import load_validation_volumes
 
     config = load_config(config_path)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config_path)
@@ -575,8 +581,6 @@ def train(
 
         def run_validation(iteration: int, ckpt: Any) -> None:
             nonlocal best, validation_seconds, last_validation_s
-            from innerdist.validate import validate
-
             began = time.perf_counter()
             new_rows = validate(model, volumes, config.validation, iteration=iteration,
                                 device=device)
@@ -612,7 +616,8 @@ def train(
             sampler=range(start * tc.batch_size, tc.iterations * tc.batch_size),
             num_workers=tc.num_workers,
             worker_init_fn=_worker_init if tc.num_workers else None,
-            # spawn: zarr keeps event-loop threads that a fork would copy mid-state.
+            # spawn: safe whatever threads this process runs (see TrainingDataset); each
+            # worker pays its imports once, as workers persist.
             multiprocessing_context="spawn" if tc.num_workers else None,
             persistent_workers=bool(tc.num_workers),
             prefetch_factor=4 if tc.num_workers else None,
@@ -843,7 +848,6 @@ def _plot_validation(
     run: Path, rows: Sequence[Mapping[str, Any]], criteria: Sequence[str], best: Mapping[str, Best]
 ) -> None:
     from innerdist.plots import plot_validation
-    from innerdist.validate import scores_per_iteration
 
     plot_validation(
         {c: scores_per_iteration(rows, c) for c in criteria},
