@@ -339,3 +339,18 @@ def test_weights_hash_with_batch_norm_scalars() -> None:
     name = next(n for n, t in a.weights.items() if t.dim() == 0)
     a.weights[name] = a.weights[name] + 1
     assert a.weights_hash() != before
+
+
+def test_a_checkpoint_with_the_old_dtype_range_normalisation_predicts_as_before(
+    tmp_path: Path,
+) -> None:
+    # Written before normalisation had a "method": the uint8 range, 0..255.
+    from innerdist.normalize import normalize_raw
+
+    path = save_checkpoint(tmp_path / "old.pt", checkpoint())
+    data = raw_dict(path)
+    assert data["normalization"] == {"min": 0.0, "max": 255.0, "dtype": "uint8"}
+    loaded = load_checkpoint(path)
+    raw = np.array([[0, 51], [204, 255]], np.uint8)
+    np.testing.assert_array_equal(normalize_raw(raw, loaded.normalization),
+                                  np.array([[0, 0.2], [0.8, 1]], np.float32))

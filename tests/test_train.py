@@ -680,3 +680,12 @@ def test_cli_trains_and_reports(data_dir: Path, tmp_path: Path) -> None:
     assert "trained 2 iterations (resumed from 0)" in result.output
     assert f"best checkpoint: {tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in result.output
     assert math.isfinite(float(read_csv(tmp_path / "r" / "stats.csv")[-1]["loss"]))
+    # The checkpoint holds the normalisation measured on the training data (percentiles),
+    # which predict and validation use as they find it there.
+    from innerdist.normalize import measure_normalization
+    from innerdist.volumes import open_volume
+
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "iteration_2.pt")
+    raw = open_volume(f"{data_dir}/train.zarr/raw")
+    assert ckpt.normalization == measure_normalization([(raw, raw.roi, "train")])
+    assert ckpt.normalization["method"] == "percentiles"
