@@ -197,9 +197,9 @@ def normalize_raw(
 # --- measuring the data's range ---------------------------------------------------------
 
 
-def _sample_boxes(roi: Roi, voxel: Coordinate, max_voxels: int, rng: np.random.Generator) -> list[
-    Roi
-]:
+def _sample_boxes(
+    roi: Roi, voxel: Coordinate, max_voxels: int, rng: np.random.Generator
+) -> list[Roi]:
     """Boxes (world units, on the voxel grid of ``roi``) of at most ``max_voxels`` in all.
 
     All of ``roi`` when it is small enough; otherwise cubes (squares in 2-D) of up to 64
@@ -236,7 +236,7 @@ def sample_intensities(
         raise ValueError(f"roi {region} is not inside the array's ROI {array.roi}")
     rng = np.random.default_rng(seed)
     parts = []
-    # Synchronous: this may run in a forked loader worker, where dask's pool is gone.
+    # In this thread: a few boxes, which a dask thread pool would only hand around.
     with dask.config.set(scheduler="synchronous"):
         for box in _sample_boxes(region, voxel, int(max_voxels), rng):
             parts.append(np.asarray(array[box]).ravel())
