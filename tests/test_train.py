@@ -678,6 +678,8 @@ def test_cli_trains_and_reports(data_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(config_path), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "trained 2 iterations (resumed from 0)" in result.output
+    # Not a terminal: a plain progress line (no carriage-return bar) on stderr.
+    assert "train: 2/2 iterations, " in result.stderr and "\r" not in result.stderr
     assert f"best checkpoint: {tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in result.output
     assert math.isfinite(float(read_csv(tmp_path / "r" / "stats.csv")[-1]["loss"]))
     # The checkpoint holds the normalisation measured on the training data (percentiles),
