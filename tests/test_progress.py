@@ -111,3 +111,23 @@ def test_blockwise_jobs_report_through_it(tmp_path, capsys: pytest.CaptureFixtur
     assert len(seen) == 4
     err = capsys.readouterr().err
     assert "job: 4/4 blocks" in err and "\r" not in err
+
+    # Resumed with nothing left: the position is complete, nothing is printed as done now.
+    run_blockwise(
+        "job",
+        total_roi=Roi((0, 0), (8, 8)),
+        block_shape=Coordinate(4, 4),
+        context=Coordinate(0, 0),
+        process=lambda read, write: seen.append(write),
+        tracking_dir=tmp_path / "t",
+    )
+    assert len(seen) == 4 and capsys.readouterr().err == ""
+
+
+def test_skipped_steps_move_the_position_not_the_rate(clock: Clock) -> None:
+    out = io.StringIO()
+    with Progress(10, "predict", "block", stream=out) as bar:
+        bar.skip(6)
+        clock.now += 4
+        bar.update(2)
+    assert out.getvalue() == "predict: 8/10 blocks, 0.5 block/s, eta 4s\n"

@@ -176,10 +176,15 @@ def run_blockwise(
             return_states=True,
             summary=False,
         )
-    finally:
+    except BaseException:
         if serial_bar is not None:
             serial_bar.close()
+        raise
     state = states[name]
+    if serial_bar is not None:
+        # Blocks found done when resuming never reach process_block.
+        serial_bar.skip(max(0, int(state.completed_count) - serial_bar.n))
+        serial_bar.close()
     if state.completed_count != state.total_block_count:
         error = state.first_worker_error or state.last_worker_error
         failed = task.failed_blocks()

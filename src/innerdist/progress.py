@@ -109,6 +109,14 @@ class Progress:
             self._last = now
             self._print(now)
 
+    def skip(self, n: int) -> None:
+        """Count ``n`` steps as done without doing them (found done when resuming): they
+        move the position, not the rate."""
+        self.n += int(n)
+        self._initial += int(n)
+        if self._bar is not None:
+            self._bar.update(n)
+
     def line(self, now: float | None = None) -> str:
         """The plain progress line for the current position."""
         now = time.monotonic() if now is None else now
