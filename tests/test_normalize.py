@@ -23,6 +23,7 @@ from innerdist.normalize import (
     dtype_range,
     measure_normalization,
     normalize_raw,
+    range_mismatch,
     sample_intensities,
     warn_tiny_range,
 )
@@ -214,3 +215,37 @@ def test_warn_tiny_range() -> None:
         warnings.simplefilter("error")
         assert not warn_tiny_range(0, 4095, "uint16", "12-bit data")
         assert not warn_tiny_range(0, 0.001, "float32", "floats have no dtype range")
+
+
+def test_range_mismatch() -> None:
+    data = np.arange(256)
+    assert range_mismatch(data, {"min": 0, "max": 255}) is None
+    assert range_mismatch(data, {"min": 100, "max": 200}) is None  # partly outside: fine
+    constant = range_mismatch(data, {"min": 0, "max": 65535})
+    assert constant is not None and "almost constant image" in constant
+    far = range_mismatch(data + 5000, {"min": 0, "max": 255})
+    assert far is not None and "far outside its training range" in far
+    assert range_mismatch(np.array([]), {"min": 0, "max": 1}) is None
+
+
+def test_predict_warns_when_the_raw_does_not_fit_the_network(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from innerdist.architecture import UNet
+    from innerdist.checkpoint import random_checkpoint, save_checkpoint
+    from innerdist.predict import predict_volume
+
+    unet = UNet((20, 20), num_fmaps=2, downsample_factors=[(2, 2)])
+    predictor = InnerDistancePredictor(["obj"], 16.0)
+    raw8 = (np.arange(400) % 256).astype(np.uint16).reshape(20, 20)
+    raw = write(tmp_path / "r.zarr" / "raw", raw8)
+    for norm, expect in (({"min": 0, "max": 255, "dtype": "uint16"}, False),
+                         ({"min": 0, "max": 65535, "dtype": "uint16"}, True)):
+        ckpt = save_checkpoint(tmp_path / "m.pt", random_checkpoint(unet, predictor, (4, 4), norm))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="innerdist.predict"):
+            predict_volume(ckpt, raw, tmp_path / "r.zarr" / "pred", overwrite=True,
+                           progress=False)
+        assert ("sees an almost constant image" in caplog.text) == expect, caplog.text

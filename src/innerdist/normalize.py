@@ -48,6 +48,7 @@ __all__ = [
     "dtype_range",
     "measure_normalization",
     "normalize_raw",
+    "range_mismatch",
     "sample_intensities",
     "warn_tiny_range",
 ]
@@ -343,3 +344,41 @@ def warn_tiny_range(lo: float, hi: float, dtype: Any, where: str) -> bool:
         stacklevel=3,
     )
     return True
+
+
+def range_mismatch(
+    sample: np.ndarray,
+    normalization: Mapping[str, Any],
+    *,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> str | None:
+    """Why raw with intensities ``sample`` looks unlike the data a network was trained on,
+    or ``None``.
+
+    The sample's ``percentiles`` are normalised as the network's input would be; training
+    data measured with the same percentiles map to 0 and 1. Flagged: a normalised range
+    narrower than 0.05 (the network would see an almost constant image: 8-bit values
+    through a 16-bit range), or one that lies entirely outside ``[-1, 2]``.
+
+    >>> print(range_mismatch(np.arange(256), {"min": 0, "max": 65535}))
+    its intensities 2.55..254 map to 3.9e-05..0.0039 with ... sees an almost constant image
+    >>> range_mismatch(np.arange(256), {"min": 0, "max": 255}) is None
+    True
+    """
+    values = np.asarray(sample)
+    if values.size == 0:
+        return None
+    norm = check_normalization(normalization, require_dtype=False)
+    lo, hi = (float(v) for v in np.nanpercentile(values, percentiles))
+    span = norm["max"] - norm["min"]
+    a, b = (lo - norm["min"]) / span, (hi - norm["min"]) / span
+    if b - a < 0.05:
+        why = "an almost constant image"
+    elif b < -1 or a > 2:
+        why = "values far outside its training range 0..1"
+    else:
+        return None
+    return (
+        f"its intensities {lo:.3g}..{hi:.3g} map to {a:.2g}..{b:.2g} with the network's "
+        f"normalisation {norm['min']:g}..{norm['max']:g}: the network sees {why}"
+    )

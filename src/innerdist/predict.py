@@ -657,6 +657,13 @@ def predict_volume(
             "applied as is",
             raw, np.dtype(raw_array.dtype).name, trained_dtype, ckpt.normalization,
         )
+    from innerdist.normalize import range_mismatch, sample_intensities
+
+    mismatch = range_mismatch(sample_intensities(raw_array, max_voxels=2**18),
+                              ckpt.normalization)
+    if mismatch is not None:
+        logger.warning("raw %s: %s; check that it is the kind of data the network was "
+                       "trained on", raw, mismatch)
 
     data_roi = raw_array.roi
     if roi is None:
