@@ -510,6 +510,14 @@ def test_export_a_one_channel_2d_prediction_as_a_plain_calibrated_image(tmp_path
         assert (meta["xorigin"], meta["yorigin"]) == (-10, -2)
     # And innerdist reads the calibration back.
     assert tiff_voxel_size(tmp_path / "pred.tif") == (8, 4)
+    # ... and the origin: a round trip keeps world coordinates.
+    back = import_tiff(tmp_path / "pred.tif", tmp_path / "back.zarr" / "pred")
+    assert back.roi == Roi((16, 40), (96, 64)) and back.voxel_size == Coordinate(8, 4)
+    np.testing.assert_array_equal(_read(tmp_path / "back.zarr" / "pred"), pred[0])
+    # A fractional ImageJ origin (not on the voxel grid) is ignored: offset 0.
+    tifffile.imwrite(tmp_path / "frac.tif", pred[0], imagej=True, resolution=(0.25, 0.125),
+                     metadata={"unit": "nm", "xorigin": 1.5})
+    assert import_tiff(tmp_path / "frac.tif", tmp_path / "back.zarr" / "f").roi.offset == (0, 0)
 
 
 def test_export_3d_channels_and_labels_round_trip(tmp_path: Path) -> None:

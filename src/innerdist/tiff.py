@@ -241,6 +241,24 @@ def _metadata_voxel_size(tif: Any, spatial: str) -> tuple[int, ...] | None:
     return tuple(int(round(v)) for v in values)
 
 
+def _imagej_offset(tif: Any, spatial: str, voxel: tuple[int, ...]) -> tuple[int, ...]:
+    """World offset (nm) of the first voxel from ImageJ's origin (``xorigin`` ... : where
+    the world origin lies, in pixels, so ``offset = -origin * voxel``); 0 without one or
+    for an origin that is not a whole number of pixels (an offset must be on the grid)."""
+    meta = tif.imagej_metadata or {}
+    origin = []
+    for letter in spatial:
+        value = meta.get(f"{letter}origin", 0)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return (0,) * len(spatial)
+        if not number.is_integer():
+            return (0,) * len(spatial)
+        origin.append(int(number))
+    return tuple(-o * v for o, v in zip(origin, voxel, strict=True))
+
+
 def tiff_voxel_size(tiff_path: str | Path, axes: str | None = None) -> tuple[int, ...] | None:
     """Voxel size (integer nm, spatial axes in z, y, x order) from the TIFF's metadata.
 
@@ -321,7 +339,8 @@ def import_tiff(
         ``None`` reads it from ImageJ or OME metadata and fails if there is none.
     offset
         World coordinate (nm) of the first voxel's corner, a multiple of the voxel size;
-        default 0.
+        default: from ImageJ's origin (as :func:`export_tiff` writes it) when it is a
+        whole number of pixels, else 0.
     axes
         The TIFF's axes in stored order using ``c``, ``z``, ``y``, ``x`` (``"zyx"``,
         ``"cyx"``, ``"czyx"``, ``"zcyx"``, ``"yxc"``, ``"yx"``...). ``None`` takes them
@@ -373,11 +392,10 @@ def import_tiff(
             vs = found
         else:
             vs = _int_list("voxel_size", voxel_size, dims, positive=True, axes=ax)
-        off = (
-            (0,) * dims
-            if offset is None
-            else _int_list("offset", offset, dims, positive=False, axes=ax)
-        )
+        if offset is None:
+            off = _imagej_offset(tif, spatial, vs) if tif.is_imagej else (0,) * dims
+        else:
+            off = _int_list("offset", offset, dims, positive=False, axes=ax)
         if any(o % v for o, v in zip(off, vs, strict=True)):
             raise ValueError(f"offset {off} must be a multiple of the voxel size {vs}")
         chunks = None
