@@ -162,7 +162,7 @@ def test_missing_section() -> None:
         (lambda d: d["model"].update(activation="Softmax"), "model: activation must be one of"),
         (
             lambda d: d["training"].update(normalization={"min": 5, "max": 5}),
-            "training.normalization: max must be greater than min",
+            "training.normalization: normalization needs min < max, got min=5.0, max=5.0",
         ),
         (
             lambda d: d["training"].update(optimizer={"name": "lbfgs"}),

@@ -310,15 +310,17 @@ class ScheduleConfig(_Strict):
 
 class NormalizationConfig(_Strict):
     """Raw intensities map linearly so that ``min -> 0`` and ``max -> 1``:
-    ``(raw - min) / (max - min)`` (values outside are not clipped)."""
+    ``(raw - min) / (max - min)`` (values outside are not clipped); the rules are those of
+    :func:`innerdist.normalize.check_normalization`."""
 
     min: float = Field(allow_inf_nan=False)
     max: float = Field(allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> NormalizationConfig:
-        if not self.max > self.min:
-            raise ValueError(f"max must be greater than min, got min={self.min}, max={self.max}")
+        from innerdist.normalize import check_normalization
+
+        check_normalization(self.model_dump(), require_dtype=False)
         return self
 
 
