@@ -16,8 +16,6 @@ from innerdist.architecture import UNet
 from innerdist.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
-    check_normalization,
-    default_normalization,
     load_checkpoint,
     random_checkpoint,
     save_checkpoint,
@@ -330,37 +328,6 @@ def test_from_model_errors() -> None:
                               voxel_size=(4, 4), normalization=NORM)
 
 
-@pytest.mark.parametrize(
-    ("normalization", "error", "message"),
-    [
-        ([0, 255], TypeError, "must be a dict"),
-        ({"min": 0, "max": 255}, ValueError, r"missing keys \['dtype'\]"),
-        ({"min": 0, "max": 255, "dtype": "uint8", "mean": 3}, ValueError, r"unknown keys \['mean"),
-        ({"min": 5, "max": 5, "dtype": "uint8"}, ValueError, "min < max"),
-        ({"min": 0, "max": float("inf"), "dtype": "uint8"}, ValueError, "must be finite"),
-        ({"min": "0", "max": 1, "dtype": "uint8"}, TypeError, "must be a number"),
-        ({"min": 0, "max": 1, "dtype": "not-a-dtype"}, TypeError, "must name a numpy dtype"),
-    ],
-)
-def test_check_normalization_errors(normalization: Any, error: type[Exception],
-                                    message: str) -> None:
-    with pytest.raises(error, match=message):
-        check_normalization(normalization)
-
-
-def test_check_normalization_without_dtype() -> None:
-    assert check_normalization({"min": -1, "max": 1}, require_dtype=False) == {
-        "min": -1.0, "max": 1.0
-    }
-
-
-def test_default_normalization() -> None:
-    assert default_normalization(np.uint8) == {"min": 0.0, "max": 255.0, "dtype": "uint8"}
-    assert default_normalization("int16") == {"min": -32768.0, "max": 32767.0, "dtype": "int16"}
-    with pytest.raises(ValueError, match="needs an integer dtype, got float32"):
-        default_normalization(np.float32)
-
-
 def test_weights_hash_with_batch_norm_scalars() -> None:
     # batch norm keeps a 0-dim num_batches_tracked tensor among the weights
     unet = UNet((20, 20), num_fmaps=2, downsample_factors=[(2, 2)], batch_norm=True)
@@ -370,3 +337,18 @@ def test_weights_hash_with_batch_norm_scalars() -> None:
     name = next(n for n, t in a.weights.items() if t.dim() == 0)
     a.weights[name] = a.weights[name] + 1
     assert a.weights_hash() != before
+
+
+def test_a_checkpoint_with_the_old_dtype_range_normalisation_predicts_as_before(
+    tmp_path: Path,
+) -> None:
+    # Written before normalisation had a "method": the uint8 range, 0..255.
+    from innerdist.normalize import normalize_raw
+
+    path = save_checkpoint(tmp_path / "old.pt", checkpoint())
+    data = raw_dict(path)
+    assert data["normalization"] == {"min": 0.0, "max": 255.0, "dtype": "uint8"}
+    loaded = load_checkpoint(path)
+    raw = np.array([[0, 51], [204, 255]], np.uint8)
+    np.testing.assert_array_equal(normalize_raw(raw, loaded.normalization),
+                                  np.array([[0, 0.2], [0.8, 1]], np.float32))

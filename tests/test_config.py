@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+from funlib.geometry import Roi
 
 from innerdist.augment import AugmentConfig
 from innerdist.config import (
@@ -78,6 +79,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
             "optimizer": {"name": "adamw", "lr": 3e-4, "weight_decay": 0.01},
             "schedule": {"name": "cosine", "warmup": 5},
             "normalization": {"min": 10, "max": 200},
+            "max_minutes": 2.5,
             "augment": {"flip": False, "elastic": {"enabled": True}},
         }
     )
@@ -87,6 +89,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
         "labels": "s.zarr/classes",
         "classes": {"organelle": [1, 3]},
         "weight": 2.5,
+        "roi": {"begin": [40, 0], "end": [400, 800]},
     }
     config = load_config(write(tmp_path, data))
     saved = save_config(config, tmp_path / "out" / "config.yaml")
@@ -94,6 +97,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert again == config
     assert again.data.train[0].labels == str(tmp_path / "s.zarr" / "classes")
     assert again.data.train[0].classes == {"organelle": [1, 3]}
+    roi = again.data.train[0].roi
+    assert roi is not None and roi.to_roi() == Roi((40, 0), (360, 800))
+    assert again.training.max_minutes == 2.5
     # The file uses the key names of the YAML schema ("validate", not "validate_").
     assert "validate" in yaml.safe_load(saved.read_text())["data"]
     assert not list((tmp_path / "out").glob(".*tmp"))  # no temporary files left
@@ -156,7 +162,7 @@ def test_missing_section() -> None:
         (lambda d: d["model"].update(activation="Softmax"), "model: activation must be one of"),
         (
             lambda d: d["training"].update(normalization={"min": 5, "max": 5}),
-            "training.normalization: max must be greater than min",
+            "training.normalization: normalization needs min < max, got min=5.0, max=5.0",
         ),
         (
             lambda d: d["training"].update(optimizer={"name": "lbfgs"}),
@@ -222,6 +228,26 @@ def test_missing_section() -> None:
             "data.train.0.weight: Input should be greater than 0",
         ),
         (lambda d: d["data"].update(train=[]), "data.train: List should have at least 1"),
+        (
+            lambda d: d["data"]["train"][0].update(roi={"begin": [0, 0], "end": [80, 0]}),
+            "data.train.0.roi: end [80, 0] must be greater than begin [0, 0] on every axis",
+        ),
+        (
+            lambda d: d["data"]["train"][0].update(roi={"begin": [0, 0], "end": [8, 8, 8]}),
+            "data.train.0.roi: begin [0, 0] and end [8, 8, 8] must have one entry per axis",
+        ),
+        (
+            lambda d: d["data"]["validate"][0].update(roi={"begin": [0, 0, 0], "end": [8, 8, 8]}),
+            "data.validate.0.roi: 3 axes, but model.input_shape has 2",
+        ),
+        (
+            lambda d: d["data"]["train"][0].update(roi={"begin": [0, 0], "end": [0.5, 8]}),
+            "data.train.0.roi.end.0: Input should be a valid integer",
+        ),
+        (
+            lambda d: d["training"].update(max_minutes=0),
+            "training.max_minutes: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_values_name_the_key(change: Any, expected: str) -> None:

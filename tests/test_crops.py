@@ -82,6 +82,7 @@ def predictor(channels=("obj",)):
 
 def sampler(volume, input_shape=(32, 32), output_shape=(24, 24), **kwargs):
     kwargs.setdefault("augment", AugmentConfig.disabled())
+    kwargs.setdefault("normalization", {"min": 0, "max": 1})  # raw as it is
     source = VolumeSource(raw=volume["raw_path"], labels=volume["labels_path"])
     return CropSampler([source], predictor(), input_shape, output_shape, **kwargs)
 
@@ -303,7 +304,9 @@ def test_raw_with_channels_and_normalization(tmp_path):
     )
     pred = predictor()
     off = AugmentConfig.disabled()
-    s = CropSampler([source], pred, (24, 24), (20, 20), augment=off)
+    s = CropSampler(
+        [source], pred, (24, 24), (20, 20), augment=off, normalization={"min": 0, "max": 255}
+    )
     sample = s.sample(np.random.default_rng(0))
     assert s.num_in_channels == 2 and sample["raw"].shape == (2, 24, 24)
     means = sample["raw"][:, 2:-2, 2:-2].mean(axis=(1, 2))
@@ -314,11 +317,13 @@ def test_raw_with_channels_and_normalization(tmp_path):
     np.testing.assert_allclose(
         s.sample(np.random.default_rng(0))["raw"].mean(axis=(1, 2)), [0, 1], atol=1e-6
     )
-    s = CropSampler(
-        [source], pred, (20, 20), (20, 20), augment=off, normalization={"mean": 102, "std": 51}
-    )
+    # Without one, the range is measured on the data: half the voxels are 51, half 204, so
+    # both percentiles (1 %, 99.8 %) fall on those two values.
+    s = CropSampler([source], pred, (20, 20), (20, 20), augment=off)
+    assert (s.normalization["min"], s.normalization["max"]) == (51.0, 204.0)
+    assert s.normalization["method"] == "percentiles"
     np.testing.assert_allclose(
-        s.sample(np.random.default_rng(0))["raw"].mean(axis=(1, 2)), [-1, 2], atol=1e-6
+        s.sample(np.random.default_rng(0))["raw"].mean(axis=(1, 2)), [0, 1], atol=1e-6
     )
 
 
@@ -400,8 +405,8 @@ def test_training_dataset_is_a_function_of_seed_and_index(volume):
     assert not torch.equal(item["raw"], TrainingDataset(ds.sampler, seed=6, length=64)[3]["raw"])
 
     def batches(workers):
-        # "spawn": numba's OpenMP layer (used for targets) kills forked children of a process
-        # that already ran parallel code. A timeout turns a worker deadlock into an error.
+        # "spawn", as the trainer asks for (see TrainingDataset). A timeout turns a worker
+        # deadlock into an error.
         loader = torch.utils.data.DataLoader(
             ds,
             batch_size=4,
@@ -645,13 +650,13 @@ def test_crop_sampler_errors(volume):
         CropSampler(opened, pred, (32, 32), (24, 24), max_tries=2.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_tries must be >= 1"):
         CropSampler(opened, pred, (32, 32), (24, 24), max_tries=0)
-    for bad, match in [
-        ({"lo": 0, "hi": 1}, r"keys \{'min', 'max'\}"),
-        ({"min": 1, "max": 1}, "max > min"),
-        ({"mean": 1, "std": 0}, "std > 0"),
-        ({"min": "a", "max": 1}, "finite number"),
+    for bad, error, match in [
+        ({"lo": 0, "hi": 1}, ValueError, r"missing keys \['max', 'min'\]"),
+        ({"min": 1, "max": 1}, ValueError, "min < max"),
+        ({"mean": 1, "std": 2}, ValueError, "unknown keys"),
+        ({"min": "a", "max": 1}, TypeError, "must be a number"),
     ]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(error, match=match):
             CropSampler(opened, pred, (32, 32), (24, 24), normalization=bad)
     with pytest.raises(TypeError, match="normalization must be a dict"):
         CropSampler(opened, pred, (32, 32), (24, 24), normalization=[0, 1])  # type: ignore[arg-type]
@@ -675,8 +680,13 @@ def test_nan_raw_is_an_error_naming_volume_and_roi(tmp_path):
         raw=write(tmp_path / "n.zarr" / "raw", raw),
         labels=write(tmp_path / "n.zarr" / "labels", blobs((30, 30), 4, seed=0)),
     )
-    s = CropSampler([source], predictor(), (24, 24), (20, 20), augment=AugmentConfig.disabled())
-    with pytest.raises(ValueError, match=r"raw '.*n.zarr/raw' has NaN or infinite values in \["):
+    with pytest.raises(ValueError, match=r"non-finite values .* in raw '.*n.zarr/raw'"):
+        CropSampler([source], predictor(), (24, 24), (20, 20))  # measuring the range
+    s = CropSampler(
+        [source], predictor(), (24, 24), (20, 20), augment=AugmentConfig.disabled(),
+        normalization={"min": 0, "max": 1},
+    )
+    with pytest.raises(ValueError, match=r"non-finite values .* in raw '.*n.zarr/raw' ROI \["):
         s.sample(np.random.default_rng(0))
 
 
@@ -722,3 +732,70 @@ def test_direct_zarr_reads_match_funlib_reads(tmp_path):
     expected = data[:, 1:6, 2:7]
     np.testing.assert_array_equal(_read(on_disk, roi), expected)
     np.testing.assert_array_equal(_read(in_memory, roi), expected)
+
+
+# ---- a region of a volume (roi per source) ----------------------------------------------
+
+
+def test_a_source_roi_is_used_as_if_the_volume_were_cut_to_it(volume, tmp_path):
+    # Cut region: rows 8..40, columns 12..48 (voxels) = world [32:160, 48:192].
+    roi = {"begin": [32, 48], "end": [160, 192]}
+    cut = (slice(8, 40), slice(12, 48))
+    whole = VolumeSource(raw=volume["raw_path"], labels=volume["labels_path"])
+    part = VolumeSource(raw=volume["raw_path"], labels=volume["labels_path"], roi=roi)
+    # The same data as separate, cut volumes: the reference.
+    offset = (32, 48)
+    copy = VolumeSource(
+        raw=write(tmp_path / "cut.zarr" / "raw", volume["raw"][cut], offset=offset),
+        labels=write(tmp_path / "cut.zarr" / "labels", volume["labels"][cut], offset=offset),
+    )
+    (opened,) = open_sources([part], ["obj"])
+    assert opened.roi == Roi((32, 48), (128, 144)) and opened.bounds == opened.roi
+    assert open_sources([whole], ["obj"])[0].bounds is None
+    kwargs = {"normalization": {"min": 0, "max": 1}, "augment": AugmentConfig.disabled()}
+    a = CropSampler([part], predictor(), (32, 32), (24, 24), **kwargs)
+    b = CropSampler([copy], predictor(), (32, 32), (24, 24), **kwargs)
+    for seed in range(8):
+        ca, cb = (s.sample_crop(np.random.default_rng(seed)) for s in (a, b))
+        assert opened.roi.contains(ca.output_roi) and ca.output_roi == cb.output_roi
+        for key in ("raw", "target", "weight", "labels", "mask"):
+            np.testing.assert_array_equal(getattr(ca, key), getattr(cb, key), err_msg=key)
+    # The measured normalisation looks at the region only.
+    measured = CropSampler([part], predictor(), (32, 32), (24, 24)).normalization
+    assert measured["max"] <= volume["raw"][cut].max()
+
+
+def test_validation_volume_of_a_source_roi(volume):
+    from innerdist.config import SourceConfig
+    from innerdist.validate import load_validation_volumes
+
+    roi = {"begin": [32, 48], "end": [160, 192]}
+    source = SourceConfig(raw=volume["raw_path"], labels=volume["labels_path"], roi=roi)
+    (v,) = load_validation_volumes([source], ["obj"], {"min": 0, "max": 1}, (4, 4))
+    assert v.roi == v.read_roi == Roi((32, 48), (128, 144))  # no context beyond the region
+    np.testing.assert_array_equal(v.raw[0], volume["raw"][8:40, 12:48])
+    np.testing.assert_array_equal(v.labels[0], volume["labels"][8:40, 12:48])
+
+
+def test_source_roi_errors(volume, tmp_path):
+    def opening(roi, labels=volume["labels_path"]):
+        return open_sources(
+            [VolumeSource(raw=volume["raw_path"], labels=labels, roi=roi)], ["obj"]
+        )
+
+    with pytest.raises(ValueError, match=r"roi \[0, 0\]\.\.\[400, 80\] .* is not inside the "
+                                         r"region"):
+        opening({"begin": [0, 0], "end": [400, 80]})
+    with pytest.raises(ValueError, match=r"roi \[2, 0\]\.\.\[40, 40\] .*not on the raw voxel "
+                                         r"grid \(voxel size \(4, 4\)"):
+        opening({"begin": [2, 0], "end": [40, 40]})
+    with pytest.raises(ValueError, match="has 3 axes but the data has 2"):
+        opening({"begin": [0, 0, 0], "end": [4, 4, 4]})
+    coarse = write(tmp_path / "c.zarr" / "labels", volume["labels"][::2, ::2], voxel=(8, 8))
+    with pytest.raises(ValueError, match=r"not on the labels voxel grid \(voxel size \(8, 8\)"):
+        opening({"begin": [4, 0], "end": [40, 40]}, labels=coarse)
+    labels = np.zeros((48, 56), np.uint32)
+    labels[40:, :] = 1  # objects only outside the region
+    only_outside = write(tmp_path / "o.zarr" / "labels", labels)
+    with pytest.raises(ValueError, match="is empty"):
+        opening({"begin": [0, 0], "end": [80, 80]}, labels=only_outside)

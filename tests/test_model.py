@@ -306,3 +306,19 @@ def test_forward_rejects_wrong_input() -> None:
         model(torch.zeros(1, 2, 44, 44))
     with pytest.raises(ValueError, match=r"input shape \(44, 45\) \(voxels\) is not valid"):
         model(torch.zeros(1, 1, 44, 45))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_shape_arithmetic_for_a_pointwise_head_equals_the_meta_pass(padding: str) -> None:
+    # The usual model (UNet + 1x1 conv) skips the meta-device pass; a head wrapped in a
+    # Sequential takes it. Both must agree, also for shapes the U-Net rejects.
+    unet = UNet((44, 44), num_fmaps=2, downsample_factors=[(2, 2)], padding=padding)
+    fast = Model(unet, torch.nn.Conv2d(unet.num_out_channels, 3, 1))
+    slow = Model(unet, torch.nn.Sequential(torch.nn.Conv2d(unet.num_out_channels, 3, 1)))
+    for shape in [(44, 44), (60, 52), (92, 44)]:
+        assert fast.compute_output_shape(shape) == slow.compute_output_shape(shape)
+    with pytest.raises(ValueError) as fast_error:
+        fast.compute_output_shape((45, 44))
+    with pytest.raises(ValueError) as slow_error:
+        slow.compute_output_shape((45, 44))
+    assert str(fast_error.value) == str(slow_error.value)

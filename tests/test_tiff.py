@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
-from funlib.geometry import Coordinate
+from funlib.geometry import Coordinate, Roi
 from typer.testing import CliRunner
 
 import innerdist.tiff as tiff_module
 from innerdist.cli import app
 from innerdist.tiff import import_tiff, tiff_axes, tiff_voxel_size
 from innerdist.volumes import is_complete, open_volume
+
+runner = CliRunner()
 
 
 def _data(shape: tuple[int, ...], dtype: str = "uint16", seed: int = 0) -> np.ndarray:
@@ -461,3 +464,146 @@ def test_imagej_unit_pixel_is_uncalibrated_and_micron_converts(tmp_path: Path) -
     tifffile.imwrite(tmp_path / "m.tif", _data((4, 4)), imagej=True,
                      resolution=(1 / 0.25, 1 / 0.125), metadata={"unit": "micron"})
     assert tiff_voxel_size(tmp_path / "m.tif") == (125, 250)
+# ---------------------------------------------------------------------------------------
+# A region (--roi) and export
+
+
+def test_import_a_region_keeps_its_world_coordinates(tmp_path: Path) -> None:
+    data = _data((6, 20, 30))
+    tifffile.imwrite(tmp_path / "s.tif", data)
+    # Voxels z 2..5, y 4..14, x 10..30 of a stack at offset (40, 0, 80) nm, voxel (10, 4, 4).
+    roi = Roi((60, 16, 120), (30, 40, 80))
+    out = tmp_path / "o.zarr" / "part"
+    array = import_tiff(tmp_path / "s.tif", out, voxel_size=(10, 4, 4), offset=(40, 0, 80),
+                        roi=roi, chunk_shape=(2, 4, 4))
+    assert array.roi == roi
+    np.testing.assert_array_equal(_read(out), data[2:5, 4:14, 10:30])
+    # Channels ride along; the CLI takes the region in nm as 'BEGIN:END'.
+    rgb = _data((12, 10, 3), "uint8")
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    result = runner.invoke(app, ["import-tiff", str(tmp_path / "rgb.tif"),
+                                 str(tmp_path / "o.zarr" / "rgb"), "--voxel-size", "2,2",
+                                 "--roi", "4,2:20,10"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(_read(tmp_path / "o.zarr" / "rgb"),
+                                  rgb[2:10, 1:5].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    ("roi", "message"),
+    [
+        ("0,0:80,200", r"not inside the image, which covers \(0, 0\)\.\.\(80, 120\) nm"),
+        ("0,2:40,40", "not on the image's voxel grid"),
+        ("0,0,0:4,4,4", "has 3 axes but the TIFF has 2"),
+        ("0,0:0,8", "end must be greater than begin"),
+    ],
+)
+def test_import_region_errors(tmp_path: Path, roi: str, message: str) -> None:
+    tifffile.imwrite(tmp_path / "a.tif", _data((20, 30)))
+    result = runner.invoke(app, ["import-tiff", str(tmp_path / "a.tif"),
+                                 str(tmp_path / "o.zarr" / "r"), "--voxel-size", "4,4",
+                                 "--roi", roi])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert re.search(message, result.output), result.output
+    with pytest.raises(TypeError, match="must be a funlib.geometry.Roi"):
+        import_tiff(tmp_path / "a.tif", tmp_path / "o.zarr" / "t", voxel_size=(4, 4),
+                    roi=[0, 0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty or unbounded"):
+        import_tiff(tmp_path / "a.tif", tmp_path / "o.zarr" / "t", voxel_size=(4, 4),
+                    roi=Roi((0, 0), (0, 8)))
+
+
+def _volume(path: Path, data: np.ndarray, voxel: tuple[int, ...], offset: tuple[int, ...],
+            channels: int | None = None) -> str:
+    from innerdist.volumes import create_volume, mark_complete
+
+    spatial = data.shape[1:] if channels else data.shape
+    roi = Roi(offset, Coordinate(spatial) * Coordinate(voxel))
+    array = create_volume(str(path), roi=roi, voxel_size=voxel, dtype=data.dtype,
+                          num_channels=channels)
+    array[roi] = data
+    mark_complete(array)
+    return str(path)
+
+
+def test_export_a_one_channel_2d_prediction_as_a_plain_calibrated_image(tmp_path: Path) -> None:
+    pred = np.random.default_rng(0).random((1, 12, 16)).astype(np.float32)
+    volume = _volume(tmp_path / "p.zarr" / "pred", pred, (8, 4), (16, 40), channels=1)
+    assert open_volume(volume).shape == (1, 12, 16)  # what a Python user reads back
+    result = runner.invoke(app, ["export-tiff", volume, str(tmp_path / "pred.tif")])
+    assert result.exit_code == 0, result.output
+    assert "axes YX, shape (12, 16), float32" in result.output
+    with tifffile.TiffFile(tmp_path / "pred.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), pred[0])
+        meta = tif.imagej_metadata
+        assert meta is not None and meta["unit"] == "nm"
+        # Pixels per nm: 1/4 along x, 1/8 along y; origin in voxels, ImageJ's sign.
+        x_num, x_den = tif.pages.first.tags["XResolution"].value
+        y_num, y_den = tif.pages.first.tags["YResolution"].value
+        assert (x_den / x_num, y_den / y_num) == (4.0, 8.0)
+        assert (meta["xorigin"], meta["yorigin"]) == (-10, -2)
+    # And innerdist reads the calibration back.
+    assert tiff_voxel_size(tmp_path / "pred.tif") == (8, 4)
+    # ... and the origin: a round trip keeps world coordinates.
+    back = import_tiff(tmp_path / "pred.tif", tmp_path / "back.zarr" / "pred")
+    assert back.roi == Roi((16, 40), (96, 64)) and back.voxel_size == Coordinate(8, 4)
+    np.testing.assert_array_equal(_read(tmp_path / "back.zarr" / "pred"), pred[0])
+    # A fractional ImageJ origin (not on the voxel grid) is ignored: offset 0.
+    tifffile.imwrite(tmp_path / "frac.tif", pred[0], imagej=True, resolution=(0.25, 0.125),
+                     metadata={"unit": "nm", "xorigin": 1.5})
+    assert import_tiff(tmp_path / "frac.tif", tmp_path / "back.zarr" / "f").roi.offset == (0, 0)
+
+
+def test_export_3d_channels_and_labels_round_trip(tmp_path: Path) -> None:
+    data = _data((2, 5, 6, 7), "uint8")
+    volume = _volume(tmp_path / "v.zarr" / "raw", data, (40, 8, 8), (0, 0, 0), channels=2)
+    path = tmp_path / "v.tif"
+    from innerdist.tiff import export_tiff
+
+    export_tiff(volume, path)
+    assert tiff_axes(path) == ("ZCYX", (5, 2, 6, 7))
+    again = import_tiff(path, tmp_path / "back.zarr" / "raw")  # calibration from the file
+    assert again.voxel_size == Coordinate(40, 8, 8)
+    np.testing.assert_array_equal(_read(tmp_path / "back.zarr" / "raw"), data)
+
+    # uint64 instance ids: uint16 when they fit, float32 (exact) up to 2^24, else an error.
+    ids = np.zeros((3, 4, 5), np.uint64)
+    ids[0, 0, 0], ids[1, 2, 3] = 7, 65535
+    export_tiff(_volume(tmp_path / "l.zarr" / "a", ids, (4, 4, 4), (0, 0, 0)), tmp_path / "a.tif")
+    assert tifffile.imread(tmp_path / "a.tif").dtype == np.uint16
+    ids[2, 3, 4] = 2**24
+    export_tiff(_volume(tmp_path / "l.zarr" / "b", ids, (4, 4, 4), (0, 0, 0)), tmp_path / "b.tif")
+    back = tifffile.imread(tmp_path / "b.tif")
+    assert back.dtype == np.float32 and back[2, 3, 4] == 2**24
+    np.testing.assert_array_equal(back.astype(np.uint64), ids)
+    ids[2, 3, 4] = 2**24 + 1
+    big = _volume(tmp_path / "l.zarr" / "c", ids, (4, 4, 4), (0, 0, 0))
+    with pytest.raises(ValueError, match="no ImageJ pixel type"):
+        export_tiff(big, tmp_path / "c.tif")
+    assert not (tmp_path / "c.tif").exists() and not list(tmp_path.glob(".c.tif*"))
+    # A region in world units.
+    export_tiff(volume, tmp_path / "r.tif", roi=Roi((40, 8, 16), (80, 16, 24)))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "r.tif"),
+                                  data[:, 1:3, 1:3, 2:5].transpose(1, 0, 2, 3))
+
+
+def test_export_errors(tmp_path: Path) -> None:
+    volume = _volume(tmp_path / "e.zarr" / "raw", _data((4, 4), "uint8"), (4, 4), (0, 0))
+
+    def error(*args: str) -> str:
+        result = runner.invoke(app, ["export-tiff", *args])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("innerdist export-tiff: error: ")
+        return lines[0]
+
+    assert "must end in .tif" in error(volume, str(tmp_path / "x.png"))
+    (tmp_path / "there.tif").write_bytes(b"")
+    assert "already exists; pass --overwrite" in error(volume, str(tmp_path / "there.tif"))
+    assert "does not exist" in error(volume, str(tmp_path / "no" / "x.tif"))
+    assert "not inside the image" in error(volume, str(tmp_path / "x.tif"), "--roi", "0,0:8,80")
+    assert "not found" in error(str(tmp_path / "e.zarr" / "nope"), str(tmp_path / "x.tif"))
+    result = runner.invoke(app, ["export-tiff", volume, str(tmp_path / "there.tif"),
+                                 "--overwrite"])
+    assert result.exit_code == 0, result.output

@@ -482,6 +482,50 @@ def test_kill_and_resume_equals_uninterrupted_run(
     assert again.last_checkpoint == ckpts / "iteration_6.pt"
 
 
+@pytest.mark.slow
+def test_time_budget_stops_after_a_checkpoint_and_a_validation_and_resumes(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = config_dict(data_dir, iterations=8, batch_size=1, validation_interval=4,
+                       checkpoint_interval=4, keep_last=3)
+    straight = train(write_config(tmp_path / "a", data), progress=False)
+
+    # A clock that moves 10 s per reading: the call starts at 0, iteration k ends at 10 k,
+    # so a 0.5 minute budget is spent at iteration 3 (no validation time to reserve yet).
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(train_module, "_now", lambda: float(next(ticks)))
+    config_b = write_config(tmp_path / "b", data)
+    result = runner.invoke(app, ["train", str(config_b), "--minutes", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "trained 3 iterations (resumed from 0)" in result.output
+    assert "stopped by the time budget" in result.output
+    run_b = tmp_path / "b" / "runs" / "run"
+    ckpts = run_b / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("iteration_*.pt")) == ["iteration_3.pt"]
+    assert {r["iteration"] for r in read_csv(run_b / "validation.csv")} == {"3"}
+    assert load_checkpoint(ckpts / "best.pt").iteration == 3
+
+    # Without a budget the run resumes at 3 and ends where an uninterrupted one does.
+    monkeypatch.setattr(train_module, "_now", lambda: 0.0)
+    resumed = train(config_b, progress=False)
+    assert (resumed.resumed_from, resumed.iteration, resumed.out_of_time) == (3, 8, False)
+    a, b = final_weights(straight.run_dir), final_weights(run_b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    assert [r["iteration"] for r in read_csv(run_b / "stats.csv")] == [
+        str(i) for i in range(1, 9)
+    ]
+    # training.max_minutes is the same budget from the config, and may change on resume.
+    data["training"]["iterations"] = 12
+    data["training"]["max_minutes"] = 0.1  # 6 s: spent after one 10 s tick
+    ticks = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(train_module, "_now", lambda: float(next(ticks)))
+    more = train(write_config(tmp_path / "b", data), progress=False)
+    assert (more.resumed_from, more.iteration, more.out_of_time) == (8, 9, True)
+    with pytest.raises(ValueError, match="minutes must be a positive number"):
+        train(config_b, progress=False, minutes=-1)
+
+
 def test_resume_validates_a_checkpoint_whose_validation_was_not_logged(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -634,6 +678,8 @@ def test_cli_trains_and_reports(data_dir: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", str(config_path), "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "trained 2 iterations (resumed from 0)" in result.output
+    # Not a terminal: a plain progress line (no carriage-return bar) on stderr.
+    assert "train: 2/2 iterations, " in result.stderr and "\r" not in result.stderr
     assert f"best checkpoint: {tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in result.output
     assert math.isfinite(float(read_csv(tmp_path / "r" / "stats.csv")[-1]["loss"]))
 
@@ -675,3 +721,12 @@ def test_losses_read_back_in_groups_log_the_same_rows(
                        / "stats.csv")
     assert [r["iteration"] for r in grouped] == [str(i) for i in range(1, 8)]
     assert [r["loss"] for r in grouped] == [r["loss"] for r in every]
+    # The checkpoint holds the normalisation measured on the training data (percentiles),
+    # which predict and validation use as they find it there.
+    from innerdist.normalize import measure_normalization
+    from innerdist.volumes import open_volume
+
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "iteration_2.pt")
+    raw = open_volume(f"{data_dir}/train.zarr/raw")
+    assert ckpt.normalization == measure_normalization([(raw, raw.roi, "train")])
+    assert ckpt.normalization["method"] == "percentiles"

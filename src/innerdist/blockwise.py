@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import pickle
 import shutil
@@ -237,6 +238,15 @@ def run_blockwise(
         shutil.rmtree(errors)  # from an earlier run; only this run's errors count
     parallel = num_workers > 1 or worker_command is not None
 
+    from innerdist.progress import BlockProgress, Progress
+
+    # Progress: daisy calls an observer only when it runs workers; in serial mode the
+    # blocks are counted here. Either way a bar on a terminal, plain lines in a log.
+    serial_bar = None
+    if progress and not parallel:
+        grid = Roi((0,) * total_roi.dims, total_roi.shape).snap_to_grid(block_shape, "grow")
+        serial_bar = Progress(math.prod(grid.shape / block_shape), name, "block")
+
     def process_block(block: daisy.Block) -> None:
         try:
             process(block.read_roi, block.write_roi)
@@ -244,6 +254,8 @@ def run_blockwise(
             if parallel:
                 _record_error(errors, e)
             raise
+        if serial_bar is not None:
+            serial_bar.update()
 
     worker_function: Callable[..., None] = process_block
     restarts: dict[str, int] = {}
@@ -288,11 +300,13 @@ def run_blockwise(
             states = daisy.run_blockwise(
                 [task],
                 multiprocessing=parallel,
-                progress=progress,
+                progress=BlockProgress() if progress and serial_bar is None else False,
                 return_states=True,
                 summary=False,
             )
     except RuntimeError:
+        if serial_bar is not None:
+            serial_bar.close()
         if workers_dir is not None:
             from innerdist.workers import launch_failure
 
@@ -300,7 +314,15 @@ def run_blockwise(
             if failure is not None:
                 raise failure from None
         raise
+    except BaseException:
+        if serial_bar is not None:
+            serial_bar.close()
+        raise
     state = states[name]
+    if serial_bar is not None:
+        # Blocks found done when resuming never reach process_block.
+        serial_bar.skip(max(0, int(state.completed_count) - serial_bar.n))
+        serial_bar.close()
     if workers_dir is not None and state.completed_count != state.total_block_count:
         from innerdist.workers import launch_failure
 

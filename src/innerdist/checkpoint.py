@@ -10,22 +10,22 @@ contents::
     predictor                 InnerDistancePredictor.to_dict() plus {"type": ...}
     weights                   the Model's state_dict (CPU tensors)
     voxel_size                of the training raw, world units (e.g. nm), one per axis
-    normalization             {"min": a, "max": b, "dtype": "uint8"}, see below
+    normalization             {"min": a, "max": b, "dtype": "uint8", ...}, see below
     iteration                 training iterations done
     postprocessing            None or {"foreground_level", "seed_level", "min_size"}
     training_state            None or a dict (optimizer, scheduler, RNG states) for resuming
 
 Intensity normalisation is linear and defined in raw units: ``x -> (x - min) / (max - min)``,
-so ``min`` maps to 0 and ``max`` to 1 (values outside are not clipped). ``dtype`` records the
-dtype of the raw the network was trained on; a raw volume of another dtype usually means
-another intensity range. :func:`default_normalization` gives the full range of an integer
-dtype (``uint8`` -> 0..255).
+so ``min`` maps to 0 and ``max`` to 1 (values outside are not clipped); see
+:mod:`innerdist.normalize`, which owns it. ``dtype`` records the dtype of the raw the network
+was trained on, ``method`` (newer checkpoints) where ``min``/``max`` came from: measured
+percentiles of the training data, the config, or (older checkpoints, without ``method``)
+the dtype's full range.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import numbers
 import os
 import pickle
@@ -42,12 +42,11 @@ import torch
 from innerdist.architecture import UNet
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.model import Model
+from innerdist.normalize import check_normalization
 
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
-    "check_normalization",
-    "default_normalization",
     "load_checkpoint",
     "random_checkpoint",
     "save_checkpoint",
@@ -72,69 +71,6 @@ _REQUIRED_KEYS = (
     "iteration",
 )
 POSTPROCESSING_KEYS = ("foreground_level", "seed_level", "min_size")
-
-
-def check_normalization(normalization: Mapping[str, Any], *, require_dtype: bool = True) -> dict[
-    str, Any
-]:
-    """Validate a normalisation dict and return it with plain types.
-
-    ``{"min": a, "max": b, "dtype": name}`` with finite ``a < b`` (raw units) and a numpy
-    dtype name; ``dtype`` may be left out when ``require_dtype`` is false.
-
-    >>> check_normalization({"min": 0, "max": 255, "dtype": np.uint8})
-    {'min': 0.0, 'max': 255.0, 'dtype': 'uint8'}
-    """
-    if not isinstance(normalization, Mapping):
-        raise TypeError(
-            f"normalization must be a dict like {{'min': 0, 'max': 255, 'dtype': 'uint8'}}, "
-            f"got {type(normalization).__name__}"
-        )
-    allowed = {"min", "max", "dtype"}
-    required = allowed if require_dtype else {"min", "max"}
-    missing = sorted(required - set(normalization))
-    unknown = sorted(set(normalization) - allowed)
-    if missing or unknown:
-        raise ValueError(
-            f"normalization {dict(normalization)} has missing keys {missing} / unknown keys "
-            f"{unknown}; expected keys {sorted(required)}"
-        )
-    result: dict[str, Any] = {}
-    for key in ("min", "max"):
-        value = normalization[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"normalization[{key!r}] must be a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise ValueError(f"normalization[{key!r}] must be finite, got {value!r}")
-        result[key] = float(value)
-    if result["min"] >= result["max"]:
-        raise ValueError(
-            f"normalization needs min < max, got min={result['min']}, max={result['max']}"
-        )
-    if "dtype" in normalization:
-        try:
-            result["dtype"] = np.dtype(normalization["dtype"]).name
-        except TypeError:
-            raise TypeError(
-                f"normalization['dtype'] must name a numpy dtype (e.g. 'uint8'), "
-                f"got {normalization['dtype']!r}"
-            ) from None
-    return result
-
-
-def default_normalization(dtype: Any) -> dict[str, Any]:
-    """The full value range of an integer dtype: ``uint8`` -> ``{"min": 0, "max": 255}``.
-
-    Float raw has no natural range; give ``min``/``max`` explicitly for it.
-    """
-    dt = np.dtype(dtype)
-    if not np.issubdtype(dt, np.integer):
-        raise ValueError(
-            f"default_normalization needs an integer dtype, got {dt.name}; for float raw give "
-            "{'min': ..., 'max': ..., 'dtype': ...} from the data's intensity range"
-        )
-    info = np.iinfo(dt)
-    return {"min": float(info.min), "max": float(info.max), "dtype": dt.name}
 
 
 def _check_postprocessing(value: Any) -> dict[str, float | int] | None:

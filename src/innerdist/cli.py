@@ -547,9 +547,18 @@ def import_tiff(
             "without a physical calibration (e.g. --voxel-size 1,1 --unit px)."
         ),
     ] = None,
+    roi: Annotated[
+        str | None,
+        typer.Option(
+            help="Import only this region, world units (nm) like --voxel-size and --offset: "
+            "'BEGIN:END', comma-separated begin (inclusive) and end (exclusive) per axis, "
+            "z,y,x, e.g. '0,0:2048,4096'. The output keeps its world coordinates."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Copy a TIFF into a zarr volume with voxel size and offset, streaming slab by slab."""
+    from innerdist.predict import parse_roi
     from innerdist.tiff import import_tiff as run_import
     from innerdist.units import world_unit
 
@@ -571,6 +580,7 @@ def import_tiff(
         offset=ints("--offset", offset, positive=False),
         axes=axes,
         chunk_shape=ints("--chunk-shape", chunk_shape, positive=True),
+        roi=None if roi is None else parse_roi(roi),
         overwrite=overwrite,
         unit=unit,
     )
@@ -580,6 +590,37 @@ def import_tiff(
         f"{array.dtype}, voxel size {tuple(array.voxel_size)} {world}, "
         f"offset {tuple(array.offset)} {world}"
     )
+
+
+@app.command("export-tiff")
+@user_errors_exit_2
+def export_tiff(
+    volume: Annotated[str, typer.Argument(help="Volume to export, e.g. data.zarr/seg.")],
+    out: Annotated[str, typer.Argument(help="Output TIFF file (.tif), e.g. seg.tif.")],
+    roi: Annotated[
+        str | None,
+        typer.Option(
+            help="Export only this region, world units (nm): 'BEGIN:END', comma-separated "
+            "begin (inclusive) and end (exclusive) per axis. Default: the whole volume."
+        ),
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Write a volume as an ImageJ TIFF for Fiji or a script, calibrated with its voxel
+    size; one channel gives a plain image (YX / ZYX), several a hyperstack (CYX / ZCYX)."""
+    from innerdist.predict import parse_roi
+    from innerdist.tiff import export_tiff as run_export
+
+    path = run_export(
+        volume, out, roi=None if roi is None else parse_roi(roi), overwrite=overwrite
+    )
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        typer.echo(
+            f"wrote {path}: axes {series.axes}, shape {tuple(series.shape)}, {series.dtype}"
+        )
 
 
 @app.command("make-data")
@@ -606,22 +647,32 @@ def train(
         str | None,
         typer.Option(help="Run directory (default: runs/<config name>/ next to the config)."),
     ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Time budget of this call in minutes: stop after a checkpoint and a "
+            "validation once it is spent (default: training.max_minutes, else none).",
+        ),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Train a U-Net as CONFIG says, validate it and keep the best checkpoint.
 
-    Run the same command again to resume after a crash (or with more iterations).
+    Run the same command again to resume after a crash, a time budget (--minutes) or
+    with more iterations.
     """
     _setup_logging(verbose)
     from innerdist.config import ConfigError
     from innerdist.train import train as run_training
 
     try:
-        result = run_training(config, run_dir)
+        result = run_training(config, run_dir, minutes=minutes)
     except ConfigError as e:
         # All problems on the one line the error handler prints.
         raise ValueError(f"invalid config {e.source}: " + "; ".join(e.problems)) from None
     typer.echo(f"trained {result.iteration} iterations (resumed from {result.resumed_from})")
+    if result.out_of_time:
+        typer.echo("stopped by the time budget; run the same command again to continue")
     typer.echo(f"run directory: {result.run_dir}")
     typer.echo(f"last checkpoint: {result.last_checkpoint}")
     for criterion, best in result.best.items():

@@ -54,6 +54,7 @@ __all__ = [
     "ModelConfig",
     "NormalizationConfig",
     "OptimizerConfig",
+    "RoiConfig",
     "ScheduleConfig",
     "SourceConfig",
     "TaskConfig",
@@ -106,6 +107,32 @@ def _problems(error: ValidationError) -> list[str]:
 # --- data -------------------------------------------------------------------------------
 
 
+class RoiConfig(_Strict):
+    """A region in world units (nm): ``begin`` (inclusive) and ``end`` (exclusive) per
+    spatial axis, z, y, x order, e.g. ``{begin: [0, 0], end: [2560, 5120]}``."""
+
+    begin: list[int] = Field(min_length=2, max_length=3)
+    end: list[int] = Field(min_length=2, max_length=3)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoiConfig:
+        if len(self.begin) != len(self.end):
+            raise ValueError(
+                f"begin {self.begin} and end {self.end} must have one entry per axis each"
+            )
+        if not all(e > b for b, e in zip(self.begin, self.end, strict=True)):
+            raise ValueError(
+                f"end {self.end} must be greater than begin {self.begin} on every axis"
+            )
+        return self
+
+    def to_roi(self) -> Any:
+        """The :class:`funlib.geometry.Roi` (offset = begin, shape = end - begin)."""
+        from funlib.geometry import Coordinate, Roi
+
+        return Roi(Coordinate(self.begin), Coordinate(self.end) - Coordinate(self.begin))
+
+
 class SourceConfig(_Strict):
     """One volume to train or validate on.
 
@@ -115,6 +142,10 @@ class SourceConfig(_Strict):
     (each connected region of those ids is then one object). ``mask`` (optional, 0 = do
     not use the voxel) restricts where crops are taken and which voxels count in the loss
     and in validation. ``weight`` is the relative probability of sampling from this volume.
+    ``roi`` (optional, world units, see :class:`RoiConfig`) uses only that region, as if
+    the volume were cut to it (raw, labels and mask alike), so train, validation and test
+    regions of one volume need no copies; it must lie inside the data and on the voxel
+    grid of raw and labels.
     """
 
     raw: str
@@ -122,6 +153,7 @@ class SourceConfig(_Strict):
     classes: dict[str, list[int]] | None = None
     mask: str | None = None
     weight: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    roi: RoiConfig | None = None
 
     @model_validator(mode="after")
     def _labels_form(self) -> SourceConfig:
@@ -278,30 +310,39 @@ class ScheduleConfig(_Strict):
 
 class NormalizationConfig(_Strict):
     """Raw intensities map linearly so that ``min -> 0`` and ``max -> 1``:
-    ``(raw - min) / (max - min)`` (values outside are not clipped)."""
+    ``(raw - min) / (max - min)`` (values outside are not clipped); the rules are those of
+    :func:`innerdist.normalize.check_normalization`."""
 
     min: float = Field(allow_inf_nan=False)
     max: float = Field(allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> NormalizationConfig:
-        if not self.max > self.min:
-            raise ValueError(f"max must be greater than min, got min={self.min}, max={self.max}")
+        from innerdist.normalize import check_normalization
+
+        check_normalization(self.model_dump(), require_dtype=False)
         return self
 
 
 class TrainingConfig(_Strict):
     """How to train. Intervals are in iterations (optimizer steps); 0 disables snapshots.
 
-    ``normalization`` left out means: from the raw dtype (uint8 0..255, uint16 0..65535,
-    floats 0..1). ``device: auto`` picks ``cuda`` when available. ``amp`` (mixed
-    precision) is used on CUDA only and ignored on the CPU. ``max_grad_norm`` clips the
-    gradients' total norm (of the unscaled gradients under fp16 AMP). ``num_workers`` data-loader
-    processes do not change the sample stream: sample ``i`` is always drawn from
-    ``seed`` and ``i``.
+    ``max_minutes`` (optional) is a time budget: training stops at the first iteration
+    that ends past it, after writing a checkpoint and (with validation data) validating
+    it, so the best checkpoint knows the last state; running again resumes. ``iterations``
+    stays the plan (it shapes a cosine schedule) and the upper limit.
+
+    ``normalization`` left out means: the data's own range, the 1 and 99.8 percentiles of
+    the training intensities (sampled), stored in the checkpoint and used by validation and
+    ``predict`` alike (see :mod:`innerdist.normalize`). ``device: auto`` picks ``cuda``
+    when available. ``amp`` (mixed precision) is used on CUDA only and ignored on the CPU.
+    ``max_grad_norm`` clips the gradients' total norm (of the unscaled gradients under fp16
+    AMP). ``num_workers`` data-loader processes do not change the sample stream: sample ``i`` is
+    always drawn from ``seed`` and ``i``.
     """
 
     iterations: int = Field(ge=1)
+    max_minutes: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     batch_size: int = Field(default=1, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -485,6 +526,11 @@ class TrainConfig(_Strict):
                     raise ValueError(
                         f"{where}.classes: names {sorted(source.classes)} must be the "
                         f"channels {channels}"
+                    )
+                if source.roi is not None and len(source.roi.begin) != self.dims:
+                    raise ValueError(
+                        f"{where}.roi: {len(source.roi.begin)} axes, but model.input_shape "
+                        f"has {self.dims}"
                     )
         return self
 

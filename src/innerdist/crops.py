@@ -57,7 +57,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from innerdist.arrays import NumpyArray
 from innerdist.augment import AugmentConfig, required_margin
 from innerdist.augment import augment as augment_crop
+from innerdist.config import RoiConfig
 from innerdist.inner_distance import InnerDistancePredictor
+from innerdist.normalize import check_normalization, measure_normalization, normalize_raw
 from innerdist.volumes import num_channels, open_volume
 from innerdist.volumes import read as _read
 from innerdist.volumes import read_upsampled as _read_upsampled
@@ -86,7 +88,9 @@ class VolumeSource(BaseModel):
 
     Paths are ``container.zarr/dataset`` (see :func:`innerdist.volumes.open_volume`).
     ``mask`` (optional): 0 = do not train on this voxel; same voxel size as the labels.
-    ``weight``: relative chance of drawing a crop from this volume.
+    ``weight``: relative chance of drawing a crop from this volume. ``roi`` (optional,
+    :class:`~innerdist.config.RoiConfig`, world units): the volume is used as if it were cut
+    to this region; raw, labels and mask outside it are never read.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -98,6 +102,9 @@ class VolumeSource(BaseModel):
     )
     mask: str | None = Field(default=None, description="Optional mask dataset path (0 = ignore).")
     weight: float = Field(default=1.0, gt=0, description="Relative sampling weight.")
+    roi: RoiConfig | None = Field(
+        default=None, description="Use only this region (world units), as if cut to it."
+    )
 
     @field_validator("raw", "mask", mode="before")
     @classmethod
@@ -141,7 +148,9 @@ class VolumeSource(BaseModel):
 class OpenedSource:
     """A :class:`VolumeSource` whose datasets are open and checked (see :func:`open_sources`).
 
-    ``roi`` (world units) is where raw and all labels overlap: output ROIs lie inside it.
+    ``roi`` (world units) is where raw and all labels overlap, within the source's ``roi``
+    if it has one: output ROIs lie inside it. ``bounds`` is the region that may be read:
+    the source's ``roi``, or ``None`` for the whole of every dataset.
     ``upsample`` is the labels voxel size divided by the raw voxel size, per axis.
     ``classes`` holds, per channel in predictor order, the label values of that channel
     (semantic labels) or is ``None`` (instance labels, one dataset per channel).
@@ -155,6 +164,11 @@ class OpenedSource:
     voxel_size: Coordinate
     upsample: Coordinate
     roi: Roi
+    bounds: Roi | None = None
+
+    def readable(self, array: Array) -> Roi:
+        """The part of ``array`` that may be read (world units)."""
+        return array.roi if self.bounds is None else array.roi.intersect(self.bounds)
 
     @property
     def num_raw_channels(self) -> int:
@@ -167,12 +181,12 @@ def _grid_offset_ok(offset: Coordinate, reference: Coordinate, voxel: Coordinate
 
 
 def _check_labels_not_empty(
-    array: Array, path: str, classes: tuple[tuple[int, ...], ...] | None
+    array: Array, path: str, classes: tuple[tuple[int, ...], ...] | None, roi: Roi
 ) -> None:
-    """Raise unless ``array`` holds an object voxel; reads slab by slab, stopping early."""
+    """Raise unless ``array`` holds an object voxel in ``roi``; reads slab by slab,
+    stopping early."""
     values = None if classes is None else np.unique(np.concatenate([list(c) for c in classes]))
     voxel = array.voxel_size
-    roi = array.roi
     step = 16 * voxel[0]
     begin = roi.begin[0]
     while begin < roi.end[0]:
@@ -334,8 +348,15 @@ def _open_source(source: VolumeSource, channels: list[str]) -> OpenedSource:
                 f"{tuple(labels_voxel)})"
             )
 
+    bounds = None
+    if source.roi is not None:
+        bounds = _entry_roi(source.roi, source.raw, roi, voxel, labels_voxel,
+                            labels[0].roi.offset)
+        roi = bounds
     for path, array in zip(source.label_paths, labels, strict=True):
-        _check_labels_not_empty(array, path, classes)
+        # (On the labels' own grid: the entry's roi is checked to lie on it.)
+        searched = array.roi if bounds is None else bounds.intersect(array.roi)
+        _check_labels_not_empty(array, path, classes, searched)
 
     return OpenedSource(
         source=source,
@@ -346,53 +367,36 @@ def _open_source(source: VolumeSource, channels: list[str]) -> OpenedSource:
         voxel_size=voxel,
         upsample=labels_voxel / voxel,
         roi=roi,
+        bounds=bounds,
     )
 
 
-def _normalizer(normalization: Mapping[str, float] | None) -> tuple[str, float, float]:
-    """``(kind, a, b)``; raw becomes ``(x - a) / b``; kind "dtype" picks ``a, b`` later."""
-    if normalization is None:
-        return ("dtype", 0.0, 1.0)
-    if not isinstance(normalization, Mapping):
-        raise TypeError(
-            f"normalization must be a dict like {{'min': 0, 'max': 255}} or "
-            f"{{'mean': m, 'std': s}}, got {normalization!r}"
+def _entry_roi(
+    entry: RoiConfig, raw: str, data: Roi, voxel: Coordinate, labels_voxel: Coordinate,
+    labels_offset: Coordinate,
+) -> Roi:
+    """A source's ``roi`` as a checked :class:`Roi`: inside ``data`` (where raw and
+    labels overlap) and on the voxel grids of raw and labels."""
+    roi = entry.to_roi()
+    where = f"roi {entry.begin}..{entry.end} of the source with raw {raw!r}"
+    if roi.dims != data.dims:
+        raise ValueError(f"{where} has {roi.dims} axes but the data has {data.dims}")
+    for name, grid, origin in (("raw", voxel, data.offset), ("labels", labels_voxel,
+                                                             labels_offset)):
+        if not (
+            (roi.begin - origin).is_multiple_of(grid) and roi.shape.is_multiple_of(grid)
+        ):
+            raise ValueError(
+                f"{where} is not on the {name} voxel grid (voxel size {tuple(grid)}, "
+                f"offset {tuple(origin)}); begin and end must be multiples of the voxel size "
+                "from there"
+            )
+    if not data.contains(roi):
+        raise ValueError(
+            f"{where} (world units) is not inside the region {data.begin}..{data.end} where "
+            "raw and labels overlap"
         )
-    keys = set(normalization)
-    values = {k: v for k, v in normalization.items()}
-    for k, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"normalization[{k!r}] must be a finite number, got {v!r}")
-    if keys == {"min", "max"}:
-        lo, hi = float(values["min"]), float(values["max"])
-        if not hi > lo:
-            raise ValueError(f"normalization needs max > min, got min={lo}, max={hi}")
-        return ("affine", lo, hi - lo)
-    if keys == {"mean", "std"}:
-        mean, std = float(values["mean"]), float(values["std"])
-        if not std > 0:
-            raise ValueError(f"normalization needs std > 0, got std={std}")
-        return ("affine", mean, std)
-    raise ValueError(
-        f"normalization must have keys {{'min', 'max'}} or {{'mean', 'std'}}, got {sorted(keys)}"
-    )
-
-
-def _normalize(data: np.ndarray, rule: tuple[str, float, float]) -> np.ndarray:
-    kind, a, b = rule
-    if kind == "dtype":
-        if np.issubdtype(data.dtype, np.integer):
-            # Integer raw without an explicit rule: map the dtype's full range onto [0, 1].
-            info = np.iinfo(data.dtype)
-            a, b = float(info.min), float(info.max) - float(info.min)
-        elif data.dtype == bool:
-            a, b = 0.0, 1.0
-    out = data.astype(np.float32)
-    if a != 0.0:
-        out -= np.float32(a)
-    if b != 1.0:
-        out /= np.float32(b)
-    return out
+    return roi
 
 
 @dataclass(frozen=True)
@@ -485,9 +489,9 @@ class CropSampler:
     augment:
         Augmentation settings; :meth:`AugmentConfig.disabled` for none (validation).
     normalization:
-        ``{"min": a, "max": b}`` -> ``(x - a) / (b - a)``; ``{"mean": m, "std": s}`` ->
-        ``(x - m) / s``; ``None``: integer raw is mapped from its dtype's range onto
-        ``[0, 1]`` (uint8: ``x / 255``), float raw is used as it is.
+        ``{"min": a, "max": b}`` (raw units) -> ``(x - a) / (b - a)``, by
+        :func:`innerdist.normalize.normalize_raw`; ``None`` measures it on the sources
+        (:func:`innerdist.normalize.measure_normalization`: the data's own percentiles).
     min_foreground_fraction:
         Redraw a crop (up to ``max_tries`` crops in all) until at least this fraction of its
         output voxels is object in some channel (counted before augmentation); if none
@@ -513,7 +517,7 @@ class CropSampler:
     sources: list[OpenedSource]
     predictor: InnerDistancePredictor
     augment: AugmentConfig
-    normalization: dict[str, float] | None
+    normalization: dict[str, Any]
     input_shape: Coordinate
     output_shape: Coordinate
     voxel_size: Coordinate
@@ -525,7 +529,6 @@ class CropSampler:
     max_tries: int
     _probabilities: np.ndarray
     _centres: list[_CentreGrid]
-    _norm_rule: tuple[str, float, float]
 
     def __init__(
         self,
@@ -535,7 +538,7 @@ class CropSampler:
         output_shape: Sequence[int],
         *,
         augment: AugmentConfig | None = None,
-        normalization: Mapping[str, float] | None = None,
+        normalization: Mapping[str, Any] | None = None,
         min_foreground_fraction: float = 0.0,
         max_tries: int = 50,
     ) -> None:
@@ -600,8 +603,11 @@ class CropSampler:
         self.sources = opened
         self.predictor = predictor
         self.augment = augment
-        self._norm_rule = _normalizer(normalization)
-        self.normalization = None if normalization is None else dict(normalization)
+        if normalization is None:
+            normalization = measure_normalization(
+                [(s.raw, s.roi, s.source.raw) for s in opened]
+            )
+        self.normalization = check_normalization(normalization, require_dtype=False)
         self.min_foreground_fraction = float(min_foreground_fraction)
         self.max_tries = int(max_tries)
         self.voxel_size = opened[0].voxel_size
@@ -660,7 +666,7 @@ class CropSampler:
         centre_roi = Roi(
             s.roi.begin + (self.output_shape // 2) * s.voxel_size, counts * s.voxel_size
         )
-        allowed = _read_upsampled(s.mask, centre_roi, s.upsample, "zero") != 0
+        allowed = _read_upsampled(s.mask, centre_roi, s.upsample, "zero", s.bounds) != 0
         if not allowed.any():
             raise ValueError(
                 f"mask {s.source.mask!r} is 0 at every voxel of {centre_roi} where an output "
@@ -687,7 +693,7 @@ class CropSampler:
         inside = _inside(read_roi, s.roi, voxel)
         mask = inside.copy()
         if s.mask is not None:
-            mask &= _read_upsampled(s.mask, read_roi, s.upsample, "zero") != 0
+            mask &= _read_upsampled(s.mask, read_roi, s.upsample, "zero", s.bounds) != 0
         # The "inside the data" indicator rides along as an extra label channel, so it is
         # moved exactly like the labels (nearest neighbour).
         stacked = np.concatenate([labels, inside[np.newaxis].astype(labels.dtype)])
@@ -764,9 +770,11 @@ class CropSampler:
     def _read_labels(self, s: OpenedSource, roi: Roi) -> np.ndarray:
         """``(C, *shape)`` int64 labels on the raw grid, edge-extended outside the data."""
         if s.classes is None:
-            channels = [_read_upsampled(a, roi, s.upsample, "edge") for a in s.labels]
+            channels = [
+                _read_upsampled(a, roi, s.upsample, "edge", s.bounds) for a in s.labels
+            ]
             return np.stack([c.astype(np.int64, copy=False) for c in channels])
-        semantic = _read_upsampled(s.labels[0], roi, s.upsample, "edge")
+        semantic = _read_upsampled(s.labels[0], roi, s.upsample, "edge", s.bounds)
         return np.stack([np.isin(semantic, values).astype(np.int64) for values in s.classes])
 
     def _foreground_fraction(self, labels: np.ndarray) -> float:
@@ -777,14 +785,12 @@ class CropSampler:
 
     def _read_raw(self, s: OpenedSource, roi: Roi) -> np.ndarray:
         """``(C_in, *shape)`` normalised float32 raw, zero outside the data."""
-        inside = roi.intersect(s.raw.roi)
-        data = _read(s.raw, inside)
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            raise ValueError(
-                f"raw {s.source.raw!r} has NaN or infinite values in {inside} (world units); "
-                "fix the data or exclude that region with a mask"
-            )
-        data = _normalize(data, self._norm_rule)
+        inside = roi.intersect(s.readable(s.raw))
+        data = normalize_raw(
+            _read(s.raw, inside),
+            self.normalization,
+            where=f"raw {s.source.raw!r} ROI {inside} (world units)",
+        )
         if s.raw.channel_dims == 0:
             data = data[np.newaxis]
         before = (inside.begin - roi.begin) / s.voxel_size
@@ -823,10 +829,12 @@ class TrainingDataset(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
     ``length`` is the number of samples, e.g. ``iterations * batch_size``. Items are dicts of
     tensors with the keys of :meth:`CropSampler.sample`.
 
-    With ``num_workers > 0`` give the ``DataLoader`` ``multiprocessing_context="spawn"`` (or
-    ``"forkserver"``): targets are computed by numba code running on OpenMP threads, and a
-    child forked from a process that has already run such code is terminated by the OpenMP
-    runtime ("fork() called from a process already using GNU OpenMP").
+    Any ``DataLoader`` start method works: items hold only plain arrays, and the threads a
+    forked worker inherits half-copied (zarr's event loop, the thread pool of
+    :mod:`innerdist.distance`) are reset in the child by their owners. The trainer still
+    asks for ``"spawn"``: it does not depend on every library in the process being
+    fork-safe, and it is what macOS and Windows use anyway. (daisy 2 always spawns its
+    block workers; its scheduler runs threads that a fork cannot copy.)
     """
 
     def __init__(self, sampler: CropSampler, seed: int, length: int) -> None:

@@ -16,7 +16,7 @@ import torch
 from funlib.geometry import Coordinate
 from torch.func import functional_call
 
-from innerdist.architecture import Architecture
+from innerdist.architecture import Architecture, UNet
 
 __all__ = ["Model"]
 
@@ -127,9 +127,12 @@ class Model(torch.nn.Module):
         """``(channels, spatial shape)`` of ``chain``'s output for a spatial ``input_shape``.
 
         Found by a dry forward pass on the ``meta`` device (shapes only: no memory, no
-        arithmetic, weights untouched), so it holds for any architecture and head.
-        ``eval_activation`` is assumed to keep the shape. An input shape the architecture
-        rejects raises its ``ValueError``.
+        arithmetic, weights untouched), so it holds for any architecture and head; for a
+        :class:`~innerdist.architecture.UNet` with a pointwise (1x1) convolution head, the
+        usual case, by the U-Net's own shape arithmetic instead, which gives the same
+        answer without the seconds that torch's meta machinery takes to import on first
+        use. ``eval_activation`` is assumed to keep the shape. An input shape the
+        architecture rejects raises its ``ValueError``.
         """
         if isinstance(input_shape, (str, bytes)) or not isinstance(input_shape, Sequence):
             raise TypeError(f"input_shape must be a sequence of integers, got {input_shape!r}")
@@ -145,6 +148,17 @@ class Model(torch.nn.Module):
             raise ValueError(
                 f"input_shape entries must be positive integers (voxels), got {list(input_shape)}"
             )
+        head = self.chain[1]
+        if (
+            isinstance(self.architecture, UNet)
+            and isinstance(head, _CONVS)
+            and head.in_channels == self.architecture.num_out_channels
+            and all(k == 1 for k in head.kernel_size)
+            and all(st == 1 for st in head.stride)
+            and head.padding in ("valid", (0,) * self.dims)
+        ):
+            shape = self.architecture.output_shape(tuple(int(s) for s in input_shape))
+            return int(head.out_channels), Coordinate(shape)
         meta = {
             name: torch.empty_like(tensor, device="meta")
             for name, tensor in [*self.chain.named_parameters(), *self.chain.named_buffers()]

@@ -36,7 +36,9 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR
-from innerdist.checkpoint import check_normalization
+
+# Normalisation is owned by innerdist.normalize; re-exported here, where it was first.
+from innerdist.normalize import NonFiniteRawError, normalize_raw
 from innerdist.units import world_unit
 
 if TYPE_CHECKING:
@@ -71,46 +73,6 @@ _QUANTIZATION: dict[str, dict[str, float]] = {
     "float16": {"scale": 1.0, "offset": 0.0},
     "uint8": {"scale": 1.0 / 255.0, "offset": 0.0},
 }
-
-
-class NonFiniteRawError(ValueError):
-    """The raw data holds NaN or infinite values where the network would read them."""
-
-
-# --- normalisation -------------------------------------------------------------------------
-
-
-def normalize_raw(
-    raw: np.ndarray, normalization: Mapping[str, Any], *, where: str = "raw"
-) -> np.ndarray:
-    """Map raw intensities linearly so ``min`` -> 0 and ``max`` -> 1; float32.
-
-    ``normalization`` is ``{"min": a, "max": b}`` in raw units (a ``"dtype"`` entry is
-    allowed and ignored here); values outside ``[a, b]`` are not clipped. Raises
-    :class:`NonFiniteRawError` (a ``ValueError``) naming ``where`` when float raw holds NaN
-    or inf.
-
-    >>> normalize_raw(np.array([0, 51, 255], dtype=np.uint8), {"min": 0, "max": 255})
-    array([0. , 0.2, 1. ], dtype=float32)
-    """
-    norm = check_normalization(normalization, require_dtype=False)
-    raw = np.asarray(raw)
-    if raw.dtype == bool or not (
-        np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)
-    ):
-        raise TypeError(f"raw must hold integers or floats, got dtype {raw.dtype} in {where}")
-    if np.issubdtype(raw.dtype, np.floating):
-        finite = np.isfinite(raw)
-        if not finite.all():
-            bad = np.argwhere(~finite)[0]
-            raise NonFiniteRawError(
-                f"non-finite values (NaN or inf) in {where}: {int((~finite).sum())} voxel(s), "
-                f"the first at index {tuple(int(i) for i in bad)} of an array of shape "
-                f"{raw.shape}; fix or mask the raw data before predicting"
-            )
-    lo, hi = norm["min"], norm["max"]
-    # Computed in float64 and rounded once, so integer raw maps exactly (0 -> 0, max -> 1).
-    return ((raw.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
 
 
 def dequantize(data: np.ndarray, attrs: Mapping[str, Any]) -> np.ndarray:
@@ -884,6 +846,13 @@ def predict_volume(
             "applied as is",
             raw, np.dtype(raw_array.dtype).name, trained_dtype, ckpt.normalization,
         )
+    from innerdist.normalize import range_mismatch, sample_intensities
+
+    mismatch = range_mismatch(sample_intensities(raw_array, max_voxels=2**18),
+                              ckpt.normalization)
+    if mismatch is not None:
+        logger.warning("raw %s: %s; check that it is the kind of data the network was "
+                       "trained on", raw, mismatch)
 
     data_roi = raw_array.roi
     if roi is None:

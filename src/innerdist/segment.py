@@ -1278,7 +1278,7 @@ def _flood_batch(job: _Job, batch: int) -> _Flooded:
 def _grow_batches(job: _Job, num_workers: int) -> None:
     """Flood every batch of exact components. Only this process writes ``__grown``: boxes
     of different batches may share chunks, and parallel writers could lose updates."""
-    from tqdm import tqdm
+    from innerdist.progress import Progress
 
     tables = _tables(job)
     folder = job.stats("grow")
@@ -1294,7 +1294,7 @@ def _grow_batches(job: _Job, num_workers: int) -> None:
         grown[box] = np.where(keys != 0, keys, np.asarray(grown[box]))
         _save(folder / f"{batch}.npz", **stats)
 
-    with tqdm(total=len(todo), desc="segment-grow", unit="batch", disable=not job.progress) as bar:
+    with Progress(len(todo), "segment-grow", "batch", enabled=job.progress) as bar:
         workers = min(num_workers, len(todo))  # spawning a worker costs seconds
         if workers == 1:
             for batch in todo:

@@ -13,6 +13,11 @@ The voxel size (world units, nm) is taken from the arguments, else from ImageJ m
 (``unit``, ``spacing`` and the X/YResolution tags) or OME-XML (``PhysicalSize*``). The
 output is marked complete only after the last slab; an interrupted import stays marked
 incomplete.
+
+:func:`export_tiff` goes the other way, for Fiji or a script: an ImageJ hyperstack with
+the voxel size as its calibration (``unit``, ``spacing``, X/YResolution) and the offset as
+its origin; a single-channel volume (a one-channel prediction is ``(1, y, x)``) becomes a
+plain image or stack without the channel axis.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from innerdist.attrs import SOURCE_ATTR
 from innerdist.units import NM, OME_LENGTH_UNITS, PX, canonical_unit
 from innerdist.volumes import create_volume, mark_complete, split_volume_path
 
-__all__ = ["SUPPORTED_DTYPES", "import_tiff", "tiff_axes", "tiff_voxel_size"]
+__all__ = ["SUPPORTED_DTYPES", "export_tiff", "import_tiff", "tiff_axes", "tiff_voxel_size"]
 
 #: Pixel types that can be imported (complex and other exotic TIFF types cannot).
 SUPPORTED_DTYPES = tuple(
@@ -224,6 +229,24 @@ def _metadata_voxel_size(tif: Any, spatial: str) -> tuple[int, ...] | None:
     return tuple(int(round(v)) for v in values)
 
 
+def _imagej_offset(tif: Any, spatial: str, voxel: tuple[int, ...]) -> tuple[int, ...]:
+    """World offset (nm) of the first voxel from ImageJ's origin (``xorigin`` ... : where
+    the world origin lies, in pixels, so ``offset = -origin * voxel``); 0 without one or
+    for an origin that is not a whole number of pixels (an offset must be on the grid)."""
+    meta = tif.imagej_metadata or {}
+    origin = []
+    for letter in spatial:
+        value = meta.get(f"{letter}origin", 0)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return (0,) * len(spatial)
+        if not number.is_integer():
+            return (0,) * len(spatial)
+        origin.append(int(number))
+    return tuple(-o * v for o, v in zip(origin, voxel, strict=True))
+
+
 def tiff_voxel_size(tiff_path: str | Path, axes: str | None = None) -> tuple[int, ...] | None:
     """Voxel size (integer nm, spatial axes in z, y, x order) from the TIFF's metadata.
 
@@ -287,6 +310,7 @@ def import_tiff(
     offset: Sequence[int] | None = None,
     axes: str | None = None,
     chunk_shape: Sequence[int] | None = None,
+    roi: Roi | None = None,
     overwrite: bool = False,
     unit: str | None = None,
 ) -> Array:
@@ -304,13 +328,19 @@ def import_tiff(
         ``None`` reads it from ImageJ or OME metadata and fails if there is none.
     offset
         World coordinate (nm) of the first voxel's corner, a multiple of the voxel size;
-        default 0.
+        default: from ImageJ's origin (as :func:`export_tiff` writes it) when it is a
+        whole number of pixels, else 0.
     axes
         The TIFF's axes in stored order using ``c``, ``z``, ``y``, ``x`` (``"zyx"``,
         ``"cyx"``, ``"czyx"``, ``"zcyx"``, ``"yxc"``, ``"yx"``...). ``None`` takes them
         from the TIFF (tifffile's axes; one unnamed page axis counts as z).
     chunk_shape
         Output chunk shape in voxels, spatial axes only; default up to 64 per axis.
+    roi
+        Import only this region, in world units (nm) like the voxel size and offset (the
+        TIFF's first voxel sits at ``offset``); it must lie inside the image and on its
+        voxel grid. The output keeps the region's world coordinates (its offset is
+        ``roi.begin``), so parts of one image line up with each other.
     overwrite
         Replace an existing output; otherwise an existing output raises
         :class:`FileExistsError`.
@@ -363,11 +393,10 @@ def import_tiff(
             vs = found
         else:
             vs = _int_list("voxel_size", voxel_size, dims, positive=True, axes=ax)
-        off = (
-            (0,) * dims
-            if offset is None
-            else _int_list("offset", offset, dims, positive=False, axes=ax)
-        )
+        if offset is None:
+            off = _imagej_offset(tif, spatial, vs) if tif.is_imagej else (0,) * dims
+        else:
+            off = _int_list("offset", offset, dims, positive=False, axes=ax)
         if any(o % v for o, v in zip(off, vs, strict=True)):
             raise ValueError(f"offset {off} must be a multiple of the voxel size {vs}")
         chunks = None
@@ -381,10 +410,11 @@ def import_tiff(
         spatial_shape = out_shape[1:] if num_channels is not None else out_shape
         if min(spatial_shape) == 0:
             raise ValueError(f"the TIFF's image is empty (shape {shape})")
-        roi = Roi(Coordinate(off), Coordinate(spatial_shape) * Coordinate(vs))
+        full = Roi(Coordinate(off), Coordinate(spatial_shape) * Coordinate(vs))
+        region = full if roi is None else _check_region(roi, full, Coordinate(vs))
         array = create_volume(
             out,
-            roi=roi,
+            roi=region,
             voxel_size=vs,
             dtype=dtype,
             num_channels=num_channels,
@@ -393,10 +423,33 @@ def import_tiff(
             attrs={SOURCE_ATTR: str(path.resolve())},
             units=world,
         )
+        box = ((region - full.offset) / Coordinate(vs)).to_slices()
         with _lazy_pixels(tif, path, shape) as pixels:
-            _copy_in_slabs(pixels, array, ax, order, spatial_shape, dtype)
+            _copy_in_slabs(pixels, array, ax, order, box, dtype)
     mark_complete(array)
     return array
+
+
+def _check_region(roi: Roi, full: Roi, voxel: Coordinate) -> Roi:
+    """``roi`` checked against the image's ``full`` ROI (world units)."""
+    if not isinstance(roi, Roi):
+        raise TypeError(f"roi must be a funlib.geometry.Roi (world units, nm), got {roi!r}")
+    if roi.dims != full.dims:
+        raise ValueError(f"roi {roi} has {roi.dims} axes but the TIFF has {full.dims} spatial axes")
+    if roi.unbounded or roi.empty:
+        raise ValueError(f"roi {roi} is empty or unbounded; expected a finite region")
+    if not ((roi.begin - full.begin).is_multiple_of(voxel) and roi.shape.is_multiple_of(voxel)):
+        raise ValueError(
+            f"roi {roi.begin}..{roi.end} (nm) is not on the image's voxel grid (voxel size "
+            f"{tuple(voxel)} nm, first voxel at {tuple(full.begin)}); use multiples of the "
+            "voxel size"
+        )
+    if not full.contains(roi):
+        raise ValueError(
+            f"roi {roi.begin}..{roi.end} (nm) is not inside the image, which covers "
+            f"{full.begin}..{full.end} nm"
+        )
+    return roi
 
 
 def _copy_in_slabs(
@@ -404,11 +457,14 @@ def _copy_in_slabs(
     array: Array,
     ax: str,
     order: list[int],
-    spatial_shape: tuple[int, ...],
+    box: tuple[slice, ...],
     dtype: np.dtype[Any],
 ) -> None:
-    """Copy the pixels in slabs along the first spatial axis, whole output chunks each."""
-    first = next(a for a in "zyx" if a in ax)  # z for stacks, y for single images
+    """Copy the pixels of ``box`` (voxel slices of the spatial axes, z, y, x order) in slabs
+    along the first spatial axis, whole output chunks each."""
+    spatial = "".join(a for a in "zyx" if a in ax)
+    spatial_shape = tuple(b.stop - b.start for b in box)
+    first = spatial[0]  # z for stacks, y for single images
     source_axis = ax.index(first)
     # The zarr chunk along that axis (funlib's chunk_shape is dask's, which may differ).
     chunk = int(array._source_data.chunks[array.channel_dims])
@@ -419,8 +475,8 @@ def _copy_in_slabs(
     voxel = array.voxel_size
     for start in range(0, spatial_shape[0], step):
         stop = min(start + step, spatial_shape[0])
-        key = [slice(None)] * len(ax)
-        key[source_axis] = slice(start, stop)
+        key = [slice(None) if a == "c" else box[spatial.index(a)] for a in ax]
+        key[source_axis] = slice(box[0].start + start, box[0].start + stop)
         slab = _read_slab(pixels, tuple(key)).transpose(order)
         slab_roi = Roi(
             array.roi.offset + Coordinate((start,) + (0,) * (voxel.dims - 1)) * voxel,
@@ -432,3 +488,141 @@ def _copy_in_slabs(
 def _read_slab(pixels: Any, key: tuple[slice, ...]) -> np.ndarray:
     """Read one slab (a separate function so tests can interrupt an import midway)."""
     return np.asarray(pixels[key])
+
+
+# --- export -----------------------------------------------------------------------------
+
+# ImageJ reads these pixel types; others are converted (see _export_dtype).
+_IMAGEJ_DTYPES = (np.dtype("uint8"), np.dtype("uint16"), np.dtype("float32"))
+
+
+def _export_dtype(dtype: np.dtype[Any], low: float, high: float, name: str) -> np.dtype[Any]:
+    """The ImageJ pixel type that holds values ``low..high`` of ``dtype`` exactly."""
+    if dtype in _IMAGEJ_DTYPES:
+        return dtype
+    if dtype == np.bool_:
+        return np.dtype("uint8")
+    if np.issubdtype(dtype, np.integer):
+        if low >= 0 and high <= 65535:
+            return np.dtype("uint16")
+        if max(abs(low), abs(high)) <= 2**24:  # integers a float32 holds exactly
+            return np.dtype("float32")
+        raise ValueError(
+            f"{name} holds {dtype} values {low:g}..{high:g}, which no ImageJ pixel type (uint8, "
+            "uint16, float32) holds exactly; relabel it first"
+        )
+    return np.dtype("float32")  # float16 / float64
+
+
+def export_tiff(
+    volume: str | Path,
+    out: str | Path,
+    *,
+    roi: Roi | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a volume (``container.zarr/dataset``, any innerdist volume) as an ImageJ TIFF.
+
+    Axes: ``YX`` or ``ZYX`` for one channel (including a one-channel prediction, stored
+    ``(1, y, x)``), ``CYX`` or ``ZCYX`` for several. The calibration is the voxel size in
+    nm (Fiji's *Image > Properties* shows it), the origin (``xorigin`` ... in voxels) the
+    volume's offset. Pixel types: uint8, uint16 and float32 are written as they are;
+    other integers (instance ids) as uint16 when their values fit, else float32 when that
+    holds them exactly (up to 2^24), else an error; bool as uint8, other floats as float32.
+    Quantised predictions are written as stored (``value = stored * scale + offset``, see
+    :func:`innerdist.predict.dequantize`). ``roi`` (world units) exports a region only.
+    Written plane by plane (a stack larger than memory streams through) to a temporary
+    file moved into place at the end. Returns the path.
+    """
+    import os
+    import tempfile
+
+    import tifffile
+
+    from innerdist.volumes import num_channels, open_volume
+
+    target = Path(out)
+    if target.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"output {str(out)!r} must end in .tif or .tiff")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output {str(out)!r} already exists; pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"directory {str(target.parent)!r} for {str(out)!r} does not exist")
+    array = open_volume(volume)
+    dims = array.spatial_dims
+    if dims not in (2, 3):
+        raise ValueError(f"{str(volume)!r} has {dims} spatial axes; expected 2 or 3")
+    channels = num_channels(array)  # raises unless at most one channel axis, first
+    voxel = Coordinate(array.voxel_size)
+    region = array.roi if roi is None else _check_region(roi, array.roi, voxel)
+    name = repr(str(volume))
+
+    def read(box: Roi) -> np.ndarray:
+        import dask
+
+        with dask.config.set(scheduler="synchronous"):
+            data = np.asarray(array[box])
+        return data if channels is not None else data[np.newaxis]  # (C, *spatial)
+
+    # Planes along z (3-D) or the whole image (2-D): each is (C, y, x).
+    if dims == 3:
+        step = Coordinate((voxel[0], *region.shape[1:]))
+        planes = [Roi(region.begin + Coordinate((z, 0, 0)), step)
+                  for z in range(0, region.shape[0], voxel[0])]
+    else:
+        planes = [region]
+    dtype = np.dtype(array.dtype)
+    if dtype not in _IMAGEJ_DTYPES and dtype != np.bool_ and np.issubdtype(dtype, np.integer):
+        low, high = math.inf, -math.inf
+        for plane in planes:  # one pass to find the range, so the type holds every value
+            data = read(plane)
+            if data.size:
+                low, high = min(low, float(data.min())), max(high, float(data.max()))
+        out_dtype = _export_dtype(dtype, low, high, name)
+    else:
+        out_dtype = _export_dtype(dtype, 0, 0, name)
+
+    c = 1 if channels is None else int(array.shape[0])
+    spatial = tuple(int(v) for v in region.shape / voxel)
+    shape: tuple[int, ...]
+    if dims == 3:
+        axes, shape = ("ZYX", spatial) if c == 1 else ("ZCYX", (spatial[0], c, *spatial[1:]))
+    else:
+        axes, shape = ("YX", spatial) if c == 1 else ("CYX", (c, *spatial))
+
+    def pages() -> Iterator[np.ndarray]:
+        for plane in planes:
+            data = read(plane).astype(out_dtype, copy=False)
+            if dims == 3:
+                data = data[:, 0]
+            yield from data  # one (y, x) page per channel
+
+    unit = "nm"
+    units = [str(u) for u in getattr(array, "units", []) if u]
+    if units and len(set(units)) == 1:
+        unit = units[0]
+    if unit in ("px", "pixel", "pixels"):
+        unit = "pixel"
+    metadata: dict[str, Any] = {"axes": axes, "unit": unit}
+    origin = region.begin / voxel  # voxels from the world origin to the first voxel
+    metadata["yorigin"], metadata["xorigin"] = -origin[-2], -origin[-1]
+    if dims == 3:
+        metadata["spacing"] = voxel[0]
+        metadata["zorigin"] = -origin[0]
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        tifffile.imwrite(
+            tmp,
+            pages(),
+            shape=shape,
+            dtype=out_dtype,
+            imagej=True,
+            resolution=(1.0 / voxel[-1], 1.0 / voxel[-2]),
+            metadata=metadata,
+        )
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target

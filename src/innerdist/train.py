@@ -47,15 +47,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from innerdist.config import TrainConfig, TrainingConfig, load_config, save_config
-from innerdist.validate import ROW_KEYS, Best, select_best
+from innerdist.validate import (
+    ROW_KEYS,
+    Best,
+    load_validation_volumes,
+    scores_per_iteration,
+    select_best,
+    validate,
+)
 
 if TYPE_CHECKING:
     import torch
 
-    from innerdist.crops import OpenedSource
     from innerdist.model import Model
 
 __all__ = [
@@ -92,7 +96,8 @@ class RunResult:
     result so far; ``best_checkpoint``: ``checkpoints/best.pt`` (``None`` without
     validation data); ``iterations_per_second`` and ``data_wait_fraction`` (share of the
     step time spent waiting for the data loader) cover this call's iterations only, as does
-    ``validation_seconds`` (time spent validating).
+    ``validation_seconds`` (time spent validating). ``out_of_time``: the time budget
+    (``minutes`` / ``training.max_minutes``) ended the call before ``training.iterations``.
     """
 
     run_dir: Path
@@ -105,6 +110,12 @@ class RunResult:
     iterations_per_second: float | None = None
     data_wait_fraction: float | None = None
     validation_seconds: float = 0.0
+    out_of_time: bool = False
+
+
+def _now() -> float:
+    """Seconds on a monotonic clock (a function, so tests can move time on)."""
+    return time.monotonic()
 
 
 def default_run_dir(config_path: str | Path) -> Path:
@@ -310,6 +321,9 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> TrainConfig | None:
     saved = load_config(saved_path)
     old, new = saved.to_dict(), config.to_dict()
     old_its, new_its = old["training"].pop("iterations"), new["training"].pop("iterations")
+    # A time budget is for one call, not part of what was trained.
+    old["training"].pop("max_minutes", None)
+    new["training"].pop("max_minutes", None)
     changed = _differences(old, new)
     if new_its < old_its:
         changed.insert(0, f"training.iterations: {old_its!r} -> {new_its!r}")
@@ -318,8 +332,8 @@ def _check_resumable(run_dir: Path, config: TrainConfig) -> TrainConfig | None:
         shown = "; ".join(changed[:3]) + more
         raise ValueError(
             f"the config differs from the one run {str(run_dir)!r} started with ({shown}); "
-            "only training.iterations may grow when resuming: use another run directory "
-            "(--run-dir) to train with new settings"
+            "only training.iterations may grow (and training.max_minutes change) when "
+            "resuming: use another run directory (--run-dir) to train with new settings"
         )
     return saved
 
@@ -374,24 +388,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _normalization(config: TrainConfig, sources: Sequence[OpenedSource]) -> dict[str, Any]:
-    """``{"min", "max", "dtype"}`` from the config, or from the raw dtype of the data."""
-    dtypes = sorted({np.dtype(s.raw.dtype).name for s in sources})
-    given = config.training.normalization
-    if given is not None:
-        return {"min": given.min, "max": given.max, "dtype": dtypes[0]}
-    if len(dtypes) > 1:
-        raise ValueError(
-            f"training raw volumes have different dtypes {dtypes}; set training.normalization "
-            "({min, max}) so they are mapped to one intensity range"
-        )
-    dtype = np.dtype(dtypes[0])
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return {"min": float(info.min), "max": float(info.max), "dtype": dtype.name}
-    return {"min": 0.0, "max": 1.0, "dtype": dtype.name}
-
-
 def _worker_init(_: int) -> None:
     import torch
 
@@ -419,23 +415,38 @@ def train(
     run_dir: str | Path | None = None,
     *,
     progress: bool = True,
+    minutes: float | None = None,
 ) -> RunResult:
     """Train (or resume training) as ``config_path`` says; see the module docstring.
+
+    ``minutes`` (default ``training.max_minutes``; ``None``: no limit) is this call's time
+    budget, counted from the call: training stops after the first iteration with which the
+    elapsed time plus the duration of the last validation reaches it, with a checkpoint and
+    a validation of that iteration (so ``best.pt`` knows the last state). Running again
+    resumes from there.
 
     Raises ``ValueError``/``TypeError`` (invalid config, unusable data: missing datasets
     are ``FileNotFoundError``), with one line naming the problem, before the run directory
     is created or changed.
     """
+    call_began = _now()
     import torch
 
     from innerdist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from innerdist.crops import CropSampler, TrainingDataset, VolumeSource, open_sources
     from innerdist.inner_distance import InnerDistancePredictor
-    from innerdist.validate import load_validation_volumes
+    from innerdist.normalize import measure_normalization
 
     config = load_config(config_path)
     run = Path(run_dir) if run_dir is not None else default_run_dir(config_path)
     tc = config.training
+    if minutes is None:
+        minutes = tc.max_minutes
+    elif isinstance(minutes, bool) or not isinstance(minutes, int | float) or not (
+        math.isfinite(minutes) and minutes > 0
+    ):
+        raise ValueError(f"minutes must be a positive number (time budget), got {minutes!r}")
+    budget_s = None if minutes is None else float(minutes) * 60.0
     saved = _check_resumable(run, config)
 
     # --- everything that can fail on bad input, before the run directory is touched ---
@@ -459,7 +470,11 @@ def train(
             f"training raw {sources[0].source.raw!r} has {sources[0].num_raw_channels} "
             f"channel(s) but model.num_in_channels is {unet.num_in_channels}"
         )
-    normalization = _normalization(config, sources)
+    given = tc.normalization
+    normalization = measure_normalization(
+        [(s.raw, s.roi, s.source.raw) for s in sources],
+        given=None if given is None else given.model_dump(),
+    )
     input_shape = tuple(int(s) for s in unet.input_shape)
     output_shape = tuple(int(s) for s in unet.output_shape(input_shape))
     sampler = CropSampler(
@@ -468,7 +483,7 @@ def train(
         input_shape,
         output_shape,
         augment=tc.augment,
-        normalization={"min": normalization["min"], "max": normalization["max"]},
+        normalization=normalization,
         min_foreground_fraction=tc.min_foreground_fraction,
     )
     volumes = load_validation_volumes(
@@ -564,10 +579,10 @@ def train(
             stats_log.flush()
             return ckpt
 
-        def run_validation(iteration: int, ckpt: Any) -> None:
-            nonlocal best, validation_seconds
-            from innerdist.validate import validate
+        last_validation_s = 0.0
 
+        def run_validation(iteration: int, ckpt: Any) -> None:
+            nonlocal best, validation_seconds, last_validation_s
             began = time.perf_counter()
             new_rows = validate(model, volumes, config.validation, iteration=iteration,
                                 device=device)
@@ -580,7 +595,8 @@ def train(
                     _write_best(ckpt_dir, ckpt, b, criteria, voxel_size)
             _write_best_json(ckpt_dir, best, criteria, voxel_size)
             _plot_validation(run, rows, criteria, best)
-            validation_seconds += time.perf_counter() - began
+            last_validation_s = time.perf_counter() - began
+            validation_seconds += last_validation_s
 
         def due(iteration: int, interval: int) -> bool:
             return iteration % interval == 0 or iteration == tc.iterations
@@ -602,20 +618,17 @@ def train(
             sampler=range(start * tc.batch_size, tc.iterations * tc.batch_size),
             num_workers=tc.num_workers,
             worker_init_fn=_worker_init if tc.num_workers else None,
-            # spawn: zarr keeps event-loop threads that a fork would copy mid-state.
+            # spawn: safe whatever threads this process runs (see TrainingDataset); each
+            # worker pays its imports once, as workers persist.
             multiprocessing_context="spawn" if tc.num_workers else None,
             persistent_workers=bool(tc.num_workers),
             prefetch_factor=4 if tc.num_workers else None,
             pin_memory=device.type == "cuda",
         )
-        from tqdm import tqdm
+        from innerdist.progress import Progress
 
-        bar = tqdm(
-            total=tc.iterations, initial=start, unit="it", desc="train",
-            # None: shown on a terminal only, so logs and captured output stay clean.
-            disable=None if progress else True,
-            dynamic_ncols=True,
-        )
+        # A bar on a terminal, a plain line every 10 s in a log.
+        bar = Progress(tc.iterations, "train", "it", initial=start, enabled=progress)
         batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
         model.train()
         loss_value: float | None = None
@@ -645,8 +658,10 @@ def train(
             stats_log.append(rows)
             loss_value = values[-1]
             stats_log.flush_every(10.0)
-            bar.set_postfix(loss=f"{loss_value:.4g}", refresh=False)
+            bar.set_postfix(loss=f"{loss_value:.4g}")
 
+        last_iteration = start
+        out_of_time = False
         try:
             for iteration in range(start + 1, tc.iterations + 1):
                 t0 = time.perf_counter()
@@ -685,8 +700,17 @@ def train(
                     "data_wait_fraction": round(wait / step, 4) if step > 0 else 0.0,
                     "elapsed_s": round(elapsed, 3),
                 }, loss.detach()))
-                validating = bool(volumes) and due(iteration, tc.validation_interval)
-                checkpointing = validating or due(iteration, tc.checkpoint_interval)
+                last_iteration = iteration
+                # The final validation must fit the budget too: reserve the last one's time.
+                out_of_time = (
+                    budget_s is not None
+                    and iteration < tc.iterations
+                    and _now() - call_began + last_validation_s >= budget_s
+                )
+                validating = bool(volumes) and (
+                    due(iteration, tc.validation_interval) or out_of_time
+                )
+                checkpointing = validating or out_of_time or due(iteration, tc.checkpoint_interval)
                 if checkpointing or len(pending) >= sync_every or iteration == tc.iterations:
                     log_losses()
                 bar.update(1)
@@ -702,6 +726,12 @@ def train(
                     if validating or not volumes:
                         _plot_loss(run, stats_log)
                         plotted = iteration
+                if out_of_time:
+                    logger.info(
+                        "time budget of %g min reached at iteration %d of %d; run again to "
+                        "resume", minutes, iteration, tc.iterations,
+                    )
+                    break
         finally:
             bar.close()
             stats_log.close()
@@ -711,16 +741,16 @@ def train(
         # The loop always checkpoints its last iteration; with nothing left to do, the
         # resumed checkpoint is the last one.
         last = last_ckpt if last_ckpt is not None else ckpt_dir / f"iteration_{start}.pt"
-        if plotted != tc.iterations:
+        if plotted != last_iteration:
             _plot_loss(run, stats_log)
-        if rows and plotted != tc.iterations:
+        if rows and plotted != last_iteration:
             _plot_validation(run, rows, criteria, best)
     finally:
         torch.set_num_threads(threads_before)
 
     return RunResult(
         run_dir=run,
-        iteration=max(start, tc.iterations),
+        iteration=max(start, last_iteration),
         resumed_from=start,
         final_loss=loss_value,
         last_checkpoint=last,
@@ -729,6 +759,7 @@ def train(
         iterations_per_second=done_here / session_time if session_time > 0 else None,
         data_wait_fraction=session_wait / session_time if session_time > 0 else None,
         validation_seconds=validation_seconds,
+        out_of_time=out_of_time,
     )
 
 
@@ -845,7 +876,6 @@ def _plot_validation(
     run: Path, rows: Sequence[Mapping[str, Any]], criteria: Sequence[str], best: Mapping[str, Best]
 ) -> None:
     from innerdist.plots import plot_validation
-    from innerdist.validate import scores_per_iteration
 
     plot_validation(
         {c: scores_per_iteration(rows, c) for c in criteria},

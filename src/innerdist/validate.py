@@ -316,14 +316,16 @@ def load_validation_volumes(
 
     The checks are those of training data (:func:`innerdist.crops.open_sources`: datasets
     exist, voxel sizes fit, raw and labels overlap, labels not empty). Raw is read where
-    raw and labels overlap, grown by ``context`` (voxels) as far as the raw reaches, and
-    normalised (``(x - min) / (max - min)``; NaN raises ``ValueError``). Semantic labels
+    raw and labels overlap, grown by ``context`` (voxels) as far as the raw reaches (within
+    the source's ``roi`` if it has one), and
+    normalised as training crops are (:func:`innerdist.normalize.normalize_raw`:
+    ``(x - min) / (max - min)``; NaN raises ``ValueError``). Semantic labels
     become instances: each face-connected region of a channel's classes is one object.
     """
     import cc3d
 
     from innerdist.crops import VolumeSource, open_sources
-    from innerdist.predict import normalize_raw
+    from innerdist.normalize import normalize_raw
     from innerdist.volumes import read_upsampled
 
     if not sources:
@@ -336,7 +338,7 @@ def load_validation_volumes(
     for s in opened:
         voxel = Coordinate(s.voxel_size)
         grow = Coordinate(context) * voxel
-        read_roi = s.roi.grow(grow, grow).intersect(s.raw.roi)
+        read_roi = s.roi.grow(grow, grow).intersect(s.readable(s.raw))
         raw = normalize_raw(
             np.asarray(s.raw[read_roi]), normalization, where=f"{s.source.raw!r} {read_roi}"
         )

@@ -415,17 +415,20 @@ def read(array: Array, roi: Roi) -> np.ndarray:
         return np.asarray(array[roi])
 
 
-def read_padded(array: Array, roi: Roi, fill: str = "zero") -> np.ndarray:
+def read_padded(
+    array: Array, roi: Roi, fill: str = "zero", bounds: Roi | None = None
+) -> np.ndarray:
     """Read ``roi`` (on ``array``'s grid, may leave its ROI), padding ``"zero"``/``"edge"``.
 
-    Channel axes are kept whole; the region outside the data is 0 or repeats the nearest
-    voxel inside it.
+    Channel axes are kept whole; the region outside the data (and outside ``bounds``, when
+    given: a training source's ``roi``) is 0 or repeats the nearest voxel inside it, so
+    nothing outside ``bounds`` is ever read.
     """
     if fill not in ("zero", "edge"):
         raise ValueError(f"fill must be 'zero' or 'edge', got {fill!r}")
     voxel = Coordinate(array.voxel_size)
     shape = roi.shape / voxel
-    inside = roi.intersect(array.roi)
+    inside = roi.intersect(array.roi if bounds is None else array.roi.intersect(bounds))
     channel_shape = tuple(array.shape[: array.channel_dims])
     if inside.empty:
         return np.zeros((*channel_shape, *shape), dtype=array.dtype)
@@ -439,23 +442,24 @@ def read_padded(array: Array, roi: Roi, fill: str = "zero") -> np.ndarray:
 
 
 def read_upsampled(
-    array: Array, roi: Roi, factor: Sequence[int], fill: str = "zero"
+    array: Array, roi: Roi, factor: Sequence[int], fill: str = "zero",
+    bounds: Roi | None = None,
 ) -> np.ndarray:
     """Read ``roi`` on the grid ``array.voxel_size / factor`` by nearest neighbour.
 
     A voxel of ``array`` becomes ``factor`` voxels per axis (labels 8 nm, raw 4 nm:
     ``factor (2, 2)``); ``roi`` lies on the finer grid and may leave the data (``fill``
-    as in :func:`read_padded`).
+    and ``bounds`` as in :func:`read_padded`).
     """
     factor = Coordinate(factor)
     coarse = Coordinate(array.voxel_size)
     if any(f < 1 for f in factor) or factor.dims != coarse.dims:
         raise ValueError(f"factor must be positive with one entry per axis, got {factor}")
     if all(f == 1 for f in factor):
-        return read_padded(array, roi, fill)
+        return read_padded(array, roi, fill, bounds)
     offset = array.roi.offset
     snapped = roi.shift(-offset).snap_to_grid(coarse, mode="grow").shift(offset)
-    data = read_padded(array, snapped, fill)
+    data = read_padded(array, snapped, fill, bounds)
     lead = array.channel_dims
     for axis, f in enumerate(factor):
         if f > 1:
