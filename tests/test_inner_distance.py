@@ -298,11 +298,16 @@ def test_crop_grown_by_padding_matches_whole_volume(seed, dims, scale, data):
     crop_shape = [data.draw(st.integers(1, s - b)) for s, b in zip(shape, crop_begin)]
     roi = Roi([b * v for b, v in zip(crop_begin, voxel)],
               [s * v for s, v in zip(crop_shape, voxel)])
-    volume_roi = Roi((0,) * dims, [s * v for s, v in zip(shape, voxel)])
-    grown = p.gt_region_for_roi(roi, Coordinate(voxel)).intersect(volume_roi)
+    grown = p.gt_region_for_roi(roi, Coordinate(voxel))
     g0 = [o // v for o, v in zip(grown.offset, voxel)]
     g1 = [e // v for e, v in zip(grown.end, voxel)]
-    crop_labels = labels[tuple(slice(a, b) for a, b in zip(g0, g1))]
+    # Where the grown region leaves the volume, labels are extended by repeating their edge
+    # voxels, as training crops do: the volume's border is no boundary. (Clipping instead
+    # would break the guarantee for a crop without any boundary: the no-boundary rule would
+    # then see a region smaller than the context.)
+    inside = tuple(slice(max(a, 0), min(b, s)) for a, b, s in zip(g0, g1, shape))
+    outside = [(max(0, -a), max(0, b - s)) for a, b, s in zip(g0, g1, shape)]
+    crop_labels = np.pad(labels[inside], outside, mode="edge")
     crop_target = p.process(crop_labels, voxel, "tanh", p.dt_scale_factor)
     inner = tuple(slice(b - a, b - a + s) for b, a, s in zip(crop_begin, g0, crop_shape))
     got = crop_target[inner]
@@ -311,3 +316,20 @@ def test_crop_grown_by_padding_matches_whole_volume(seed, dims, scale, data):
     assert np.abs(got - want).max(initial=0) <= p.epsilon
     close = whole_d[want_index] <= p.max_distance
     np.testing.assert_allclose(got[close], want[close], atol=1e-6)
+
+
+def test_crop_without_boundary_at_the_volume_corner_saturates():
+    # A found counter-example to clipping the context at the volume: a 1x1 crop in the
+    # corner of an object whose nearest boundary is 22.5 nm away. With the context clipped
+    # to the volume, the no-boundary rule saw an 8 x 12 nm region (d = 4, target 0.87);
+    # extended by its edge voxels as crops do, the target saturates like the whole volume's.
+    labels = np.full((40, 40), 2, np.uint64)
+    labels[30:, :] = 1  # the nearest boundary: 22.5 voxels of 1 nm below the corner
+    voxel = (1, 3)
+    p = InnerDistancePredictor(["x"], 3.0)
+    whole = p.process(labels, voxel, "tanh", p.dt_scale_factor)
+    pad = p.padding(Coordinate(voxel)) / Coordinate(voxel)
+    grown = np.pad(labels[: 1 + pad[0], : 1 + pad[1]], [(pad[0], 0), (pad[1], 0)], mode="edge")
+    crop = p.process(grown, voxel, "tanh", p.dt_scale_factor)
+    assert whole[0, 0] > 1 - p.epsilon
+    assert abs(crop[pad[0], pad[1]] - whole[0, 0]) <= p.epsilon
