@@ -682,6 +682,15 @@ def test_cli_trains_and_reports(data_dir: Path, tmp_path: Path) -> None:
     assert "train: 2/2 iterations, " in result.stderr and "\r" not in result.stderr
     assert f"best checkpoint: {tmp_path / 'r' / 'checkpoints' / 'best.pt'}" in result.output
     assert math.isfinite(float(read_csv(tmp_path / "r" / "stats.csv")[-1]["loss"]))
+    # The checkpoint holds the normalisation measured on the training data (percentiles),
+    # which predict and validation use as they find it there.
+    from innerdist.normalize import measure_normalization
+    from innerdist.volumes import open_volume
+
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "iteration_2.pt")
+    raw = open_volume(f"{data_dir}/train.zarr/raw")
+    assert ckpt.normalization == measure_normalization([(raw, raw.roi, "train")])
+    assert ckpt.normalization["method"] == "percentiles"
 
 
 def test_gradient_clipping_clips_the_unscaled_gradients(
@@ -721,12 +730,3 @@ def test_losses_read_back_in_groups_log_the_same_rows(
                        / "stats.csv")
     assert [r["iteration"] for r in grouped] == [str(i) for i in range(1, 8)]
     assert [r["loss"] for r in grouped] == [r["loss"] for r in every]
-    # The checkpoint holds the normalisation measured on the training data (percentiles),
-    # which predict and validation use as they find it there.
-    from innerdist.normalize import measure_normalization
-    from innerdist.volumes import open_volume
-
-    ckpt = load_checkpoint(tmp_path / "r" / "checkpoints" / "iteration_2.pt")
-    raw = open_volume(f"{data_dir}/train.zarr/raw")
-    assert ckpt.normalization == measure_normalization([(raw, raw.roi, "train")])
-    assert ckpt.normalization["method"] == "percentiles"
