@@ -228,3 +228,38 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(inputs, tmp_path, comman
     got, want = open_volume(out), open_volume(tmp_path / "ref" / "o.zarr" / out.name)
     assert is_complete(got)
     assert np.asarray(got[got.roi]).tobytes() == np.asarray(want[want.roi]).tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["ro", "full"])
+def test_train_on_a_faulty_run_directory(disk, tmp_path, monkeypatch, fault):
+    import yaml
+
+    from innerdist.synthetic import make_em_volume, write_volume
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    write_volume(make_em_volume((64, 64), (8, 8), seed=1), tmp_path / "train.zarr")
+    data = {"raw": f"{tmp_path}/train.zarr/raw", "labels": f"{tmp_path}/train.zarr/labels"}
+    config = {
+        "data": {"train": [data], "validate": [data]},
+        "task": {"channels": ["organelle"], "scale_factor": 24},
+        "model": {"input_shape": [44, 44], "num_fmaps": 4, "downsample_factors": [[2, 2]]},
+        "training": {"iterations": 2, "batch_size": 1, "checkpoint_interval": 1,
+                     "validation_interval": 2},
+        "validation": {"foreground_levels": [0.05], "seed_levels": [0.5]},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    run_dir = disk[fault] / "run"
+    result = runner.invoke(app, ["train", str(tmp_path / "run.yaml"), "--run-dir",
+                                 str(run_dir)])
+    cause = "read-only file system" if fault == "ro" else "no space left on device"
+    _one_fault_line(result, "train", cause)
+    if fault == "full":
+        # Nothing a resume would trust: every checkpoint present loads whole.
+        for ckpt in (run_dir / "checkpoints").glob("*.pt") if run_dir.exists() else []:
+            load_checkpoint(ckpt)
+        _grow(disk["full"])
+        resumed = runner.invoke(app, ["train", str(tmp_path / "run.yaml"), "--run-dir",
+                                      str(run_dir)])
+        assert resumed.exit_code == 0, resumed.output
+        assert "trained 2 iterations" in resumed.stdout
