@@ -197,32 +197,52 @@ def _run_cli(args: list[str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _kill_after_blocks(args: list[str], tracking: Path, blocks: int) -> None:
-    """Start the command and SIGKILL it once ``blocks`` blocks are recorded as done (0:
-    as soon as the output exists)."""
+def _chunks(folder: Path) -> int:
+    return sum(1 for p in (folder / "c").rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def _kill_when(args: list[str], ready: Any) -> bool:
+    """Start the command and SIGKILL it as soon as ``ready()``; whether it was still
+    running then (a run that finished first proves nothing)."""
     proc = _run_cli(args)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            done = tracking.rglob("done/c/*") if tracking.exists() else []
-            if (blocks == 0 and tracking.exists()) or (blocks and sum(1 for _ in done) >= blocks):
-                break
-            time.sleep(0.01)
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.005)
+        return False
     finally:
-        proc.send_signal(signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
+
+
+# Where to kill: early (the output was just created), middle (a third of the first pass's
+# chunks written), late (all but a few of the last pass's chunks written). segment's
+# first pass writes the fragments, its last the output; 36 blocks per job.
+POINTS = {
+    "early": lambda out, command: lambda: out.exists(),
+    "middle": lambda out, command: lambda: _chunks(
+        out.parent / f"{out.name}__fragments" if command == "segment" else out) >= 12,
+    "late": lambda out, command: lambda: _chunks(out) >= 32,
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["targets", "predict", "segment"])
-@pytest.mark.parametrize("point", [0, 2, 30])
+@pytest.mark.parametrize("point", list(POINTS))
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(inputs, tmp_path, command, point):
     work = tmp_path / "work"
     args = _args(command, inputs, work)
     out = Path(args[2] if command != "predict" else args[3])
-    _kill_after_blocks(args, out.parent / ".innerdist-blocks" / out.name, point)
+    killed = _kill_when(args, POINTS[point](out, command))
+    assert killed, "the run finished before the kill point"
+    assert not out.exists() or not is_complete(open_volume(out))
     rerun = _run_cli(args)
-    stdout, stderr = rerun.communicate(timeout=600)
+    _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr
     assert runner.invoke(app, _args(command, inputs, tmp_path / "ref")).exit_code == 0
     got, want = open_volume(out), open_volume(tmp_path / "ref" / "o.zarr" / out.name)

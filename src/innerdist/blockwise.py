@@ -343,6 +343,7 @@ def open_or_create_output(
     container, dataset = split_volume_path(path)
     tracking = tracking_dir_for(path)
     check_output_apart_from_inputs([path, tracking], inputs or {})
+    _check_on_grid(path, inputs or {}, create_kwargs)
     _refuse_foreign(path, container / dataset, overwrite)  # before the lock file is made
     acquire_output_lock(tracking, path)
     try:
@@ -354,6 +355,26 @@ def open_or_create_output(
     if is_complete(array):
         release_output_lock(tracking)
     return array
+
+
+def _check_on_grid(
+    path: str | Path, inputs: Mapping[str, str | Path | None], create_kwargs: dict[str, Any]
+) -> None:
+    """An output ROI off the voxel grid comes from an input with such an offset: say so,
+    naming the input, rather than letting the volume writer complain about a ROI nobody
+    gave."""
+    roi, voxel = create_kwargs.get("roi"), create_kwargs.get("voxel_size")
+    if roi is None or voxel is None:
+        return
+    voxel = Coordinate(voxel)
+    for what, value in (("offset", roi.offset), ("shape", roi.shape)):
+        if not Coordinate(value).is_multiple_of(voxel):
+            named = ", ".join(f"{role} {str(p)!r}" for role, p in inputs.items() if p) or "input"
+            raise ValueError(
+                f"cannot write {str(path)!r}: its region {roi} (world units, taken from the "
+                f"{named}) has an {what} {tuple(value)} that is not a multiple of the voxel "
+                f"size {tuple(voxel)}; fix the input's offset/voxel_size metadata"
+            )
 
 
 def _refuse_foreign(path: str | Path, target: Path, overwrite: bool) -> None:
