@@ -55,8 +55,10 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
 from innerdist.safety import (
+    STORED_CHUNKS_ATTR,
     acquire_output_lock,
     check_output_apart_from_inputs,
+    count_stored_chunks,
     release_output_lock,
 )
 from innerdist.volumes import (
@@ -440,6 +442,9 @@ def finish_output(array: Array, path: str | Path) -> None:
     """Mark ``array`` complete, drop the block tracking of the job that wrote it and
     release its lock."""
     tracking = tracking_dir_for(path)
+    container, dataset = split_volume_path(path)
+    # Recorded so readers can tell a missing chunk (damage) from one never stored.
+    array._source_data.attrs[STORED_CHUNKS_ATTR] = count_stored_chunks(container / dataset)
     mark_complete(array)
     clear_tracking(tracking)
     if not array.attrs.get(COMPLETE_ATTR, False):
