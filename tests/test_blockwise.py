@@ -233,3 +233,13 @@ def test_an_output_off_the_voxel_grid_names_the_input(tmp_path):
                               inputs={"labels": "in.zarr/l"}, roi=Roi((2, 3), (8, 8)),
                               voxel_size=(2, 2), dtype=np.uint8)
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_empty_output_folder_left_by_a_kill_is_reused(tmp_path):
+    """Killed between creating the output's folder and its metadata: an empty folder tree
+    holds nothing to lose, so the same command (no --overwrite) starts afresh."""
+    path = tmp_path / "o.zarr" / "x"
+    (path / "c" / "0").mkdir(parents=True)
+    out = open_or_create_output(path, job={"a": 1}, overwrite=False, roi=ROI,
+                                voxel_size=VOXEL, dtype=np.uint8)
+    assert not is_complete(out) and (path / "zarr.json").exists()

@@ -379,9 +379,16 @@ def _check_on_grid(
             )
 
 
+def _holds_no_file(target: Path) -> bool:
+    """An empty folder tree (a run killed while creating its output): nothing to lose."""
+    if target.is_symlink() or not target.is_dir():
+        return False
+    return not any(p.is_file() or p.is_symlink() for p in target.rglob("*"))
+
+
 def _refuse_foreign(path: str | Path, target: Path, overwrite: bool) -> None:
     """Refuse to replace (or reuse) something at ``target`` that no innerdist job wrote."""
-    if not (target.exists() or target.is_symlink()):
+    if not (target.exists() or target.is_symlink()) or _holds_no_file(target):
         return
     attrs = _attrs_on_disk(target)
     if overwrite and (attrs is None or JOB_ATTR not in attrs):
@@ -405,7 +412,7 @@ def _open_or_create(
     overwrite: bool,
     create_kwargs: dict[str, Any],
 ) -> Array:
-    if target.exists() or target.is_symlink():
+    if (target.exists() or target.is_symlink()) and not _holds_no_file(target):
         _refuse_foreign(path, target, overwrite)  # again, now that the lock is held
         attrs = _attrs_on_disk(target) or {}
         if not overwrite:
