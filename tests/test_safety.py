@@ -292,3 +292,13 @@ def test_a_missing_chunk_in_a_finished_output_is_damage(data):
     assert ("is damaged: the job that wrote it stored 9 chunks, 1 of them are missing now"
             in result.stderr)
     assert "run the innerdist predict job again with --overwrite" in result.stderr
+
+
+def test_segment_never_deletes_data_where_its_intermediates_go(data):
+    c = data["container"]
+    mine = write(c / "s__seeds", np.ones((16, 16), np.uint8), (4, 4))
+    before = tree_bytes(c)
+    result = runner.invoke(app, _command("segment", data, str(c / "s")))
+    assert result.exit_code == 2, result.output
+    assert f"{mine!r} exists, but segment keeps its intermediate results there" in result.stderr
+    assert tree_bytes(c) == before
