@@ -442,7 +442,21 @@ def _open_or_create(
     clear_tracking(tracking)
     attrs_new = dict(create_kwargs.pop("attrs", None) or {})
     attrs_new[JOB_ATTR] = job
-    return create_volume(path, overwrite=True, attrs=attrs_new, **create_kwargs)
+    # The volume writer creates the array and then its attributes; killed in between, the
+    # array would look like complete user data. So it is made under a temporary name and
+    # renamed (atomic) once its attributes say "incomplete, written by this job".
+    staging = tracking.parent / f"{tracking.name}.creating"
+    if staging.exists():
+        shutil.rmtree(staging)
+    create_volume(staging, overwrite=True, attrs=attrs_new, **create_kwargs)
+    if target.exists() or target.is_symlink():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, target)
+    return open_volume(path, mode="r+")
 
 
 def finish_output(array: Array, path: str | Path) -> None:
