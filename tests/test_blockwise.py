@@ -81,7 +81,7 @@ class _OddError(Exception):
 @pytest.mark.parametrize(
     "error",
     [
-        ValueError("NaN in raw at block"),
+        pytest.param(ValueError("NaN in raw at block"), marks=pytest.mark.slow),
         pytest.param(TypeError("labels must be integer"), marks=pytest.mark.slow),
         pytest.param(PermissionError(13, "Permission denied", "/x/y.zarr"), marks=pytest.mark.slow),
         OSError(28, "No space left on device", "/x/y.zarr/c/0"),
