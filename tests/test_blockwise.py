@@ -81,7 +81,7 @@ class _OddError(Exception):
 @pytest.mark.parametrize(
     "error",
     [
-        ValueError("NaN in raw at block"),
+        pytest.param(ValueError("NaN in raw at block"), marks=pytest.mark.slow),
         pytest.param(TypeError("labels must be integer"), marks=pytest.mark.slow),
         pytest.param(PermissionError(13, "Permission denied", "/x/y.zarr"), marks=pytest.mark.slow),
         OSError(28, "No space left on device", "/x/y.zarr/c/0"),
@@ -224,3 +224,22 @@ def test_bad_arguments():
         run_blockwise("t", total_roi=ROI, block_shape=Coordinate((2, 2)),
                       context=Coordinate((0, 0)), process=print, tracking_dir="x",
                       num_workers=0)
+
+
+def test_an_output_off_the_voxel_grid_names_the_input(tmp_path):
+    with pytest.raises(ValueError, match=r"taken from the labels 'in.zarr/l'\) has an offset "
+                       r"\(2, 3\) that is not a multiple of the voxel size \(2, 2\)"):
+        open_or_create_output(tmp_path / "o.zarr" / "t", job={"a": 1}, overwrite=False,
+                              inputs={"labels": "in.zarr/l"}, roi=Roi((2, 3), (8, 8)),
+                              voxel_size=(2, 2), dtype=np.uint8)
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_an_empty_output_folder_left_by_a_kill_is_reused(tmp_path):
+    """Killed between creating the output's folder and its metadata: an empty folder tree
+    holds nothing to lose, so the same command (no --overwrite) starts afresh."""
+    path = tmp_path / "o.zarr" / "x"
+    (path / "c" / "0").mkdir(parents=True)
+    out = open_or_create_output(path, job={"a": 1}, overwrite=False, roi=ROI,
+                                voxel_size=VOXEL, dtype=np.uint8)
+    assert not is_complete(out) and (path / "zarr.json").exists()

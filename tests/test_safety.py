@@ -272,3 +272,33 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
                            env=env)
     assert other.returncode == 0, other.stderr
     assert issubclass(OutputLockedError, FileExistsError)
+
+
+def test_a_missing_chunk_in_a_finished_output_is_damage(data):
+    """zarr reads a missing chunk as its fill value; an innerdist output records how many
+    chunks it stored, so a reader can tell damage from a chunk that was never stored."""
+    pred = data["root"] / "o.zarr" / "p"
+    result = runner.invoke(app, [*_command("predict", data, str(pred)), "--block-shape",
+                                 "8,8"])
+    assert result.exit_code == 0, result.output
+    attrs = open_volume(pred).attrs
+    chunks = sorted(p for p in (pred / "c").rglob("*") if p.is_file())
+    assert attrs["innerdist_stored_chunks"] == len(chunks) == 9
+    seg = [*_command("segment", data, str(data["root"] / "o.zarr" / "s"))]
+    seg[1] = str(pred)
+    chunks[4].unlink()
+    result = runner.invoke(app, seg)
+    assert result.exit_code == 2, result.output
+    assert ("is damaged: the job that wrote it stored 9 chunks, 1 of them are missing now"
+            in result.stderr)
+    assert "run the innerdist predict job again with --overwrite" in result.stderr
+
+
+def test_segment_never_deletes_data_where_its_intermediates_go(data):
+    c = data["container"]
+    mine = write(c / "s__seeds", np.ones((16, 16), np.uint8), (4, 4))
+    before = tree_bytes(c)
+    result = runner.invoke(app, _command("segment", data, str(c / "s")))
+    assert result.exit_code == 2, result.output
+    assert f"{mine!r} exists, but segment keeps its intermediate results there" in result.stderr
+    assert tree_bytes(c) == before

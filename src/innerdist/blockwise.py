@@ -57,8 +57,10 @@ from funlib.persistence import Array
 
 from innerdist.attrs import COMPLETE_ATTR, JOB_ATTR
 from innerdist.safety import (
+    STORED_CHUNKS_ATTR,
     acquire_output_lock,
     check_output_apart_from_inputs,
+    count_stored_chunks,
     release_output_lock,
 )
 from innerdist.volumes import (
@@ -429,6 +431,7 @@ def open_or_create_output(
     container, dataset = split_volume_path(path)
     tracking = tracking_dir_for(path)
     check_output_apart_from_inputs([path, tracking], inputs or {})
+    _check_on_grid(path, inputs or {}, create_kwargs)
     _refuse_foreign(path, container / dataset, overwrite)  # before the lock file is made
     acquire_output_lock(tracking, path)
     try:
@@ -442,9 +445,36 @@ def open_or_create_output(
     return array
 
 
+def _check_on_grid(
+    path: str | Path, inputs: Mapping[str, str | Path | None], create_kwargs: dict[str, Any]
+) -> None:
+    """An output ROI off the voxel grid comes from an input with such an offset: say so,
+    naming the input, rather than letting the volume writer complain about a ROI nobody
+    gave."""
+    roi, voxel = create_kwargs.get("roi"), create_kwargs.get("voxel_size")
+    if roi is None or voxel is None:
+        return
+    voxel = Coordinate(voxel)
+    for what, value in (("offset", roi.offset), ("shape", roi.shape)):
+        if not Coordinate(value).is_multiple_of(voxel):
+            named = ", ".join(f"{role} {str(p)!r}" for role, p in inputs.items() if p) or "input"
+            raise ValueError(
+                f"cannot write {str(path)!r}: its region {roi} (world units, taken from the "
+                f"{named}) has an {what} {tuple(value)} that is not a multiple of the voxel "
+                f"size {tuple(voxel)}; fix the input's offset/voxel_size metadata"
+            )
+
+
+def _holds_no_file(target: Path) -> bool:
+    """An empty folder tree (a run killed while creating its output): nothing to lose."""
+    if target.is_symlink() or not target.is_dir():
+        return False
+    return not any(p.is_file() or p.is_symlink() for p in target.rglob("*"))
+
+
 def _refuse_foreign(path: str | Path, target: Path, overwrite: bool) -> None:
     """Refuse to replace (or reuse) something at ``target`` that no innerdist job wrote."""
-    if not (target.exists() or target.is_symlink()):
+    if not (target.exists() or target.is_symlink()) or _holds_no_file(target):
         return
     attrs = _attrs_on_disk(target)
     if overwrite and (attrs is None or JOB_ATTR not in attrs):
@@ -468,7 +498,7 @@ def _open_or_create(
     overwrite: bool,
     create_kwargs: dict[str, Any],
 ) -> Array:
-    if target.exists() or target.is_symlink():
+    if (target.exists() or target.is_symlink()) and not _holds_no_file(target):
         _refuse_foreign(path, target, overwrite)  # again, now that the lock is held
         attrs = _attrs_on_disk(target) or {}
         if not overwrite:
@@ -498,13 +528,30 @@ def _open_or_create(
     clear_tracking(tracking)
     attrs_new = dict(create_kwargs.pop("attrs", None) or {})
     attrs_new[JOB_ATTR] = job
-    return create_volume(path, overwrite=True, attrs=attrs_new, **create_kwargs)
+    # The volume writer creates the array and then its attributes; killed in between, the
+    # array would look like complete user data. So it is made under a temporary name and
+    # renamed (atomic) once its attributes say "incomplete, written by this job".
+    staging = tracking.parent / f"{tracking.name}.creating"
+    if staging.exists():
+        shutil.rmtree(staging)
+    create_volume(staging, overwrite=True, attrs=attrs_new, **create_kwargs)
+    if target.exists() or target.is_symlink():
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(staging, target)
+    return open_volume(path, mode="r+")
 
 
 def finish_output(array: Array, path: str | Path) -> None:
     """Mark ``array`` complete, drop the block tracking of the job that wrote it and
     release its lock."""
     tracking = tracking_dir_for(path)
+    container, dataset = split_volume_path(path)
+    # Recorded so readers can tell a missing chunk (damage) from one never stored.
+    array._source_data.attrs[STORED_CHUNKS_ATTR] = count_stored_chunks(container / dataset)
     mark_complete(array)
     clear_tracking(tracking)
     if not array.attrs.get(COMPLETE_ATTR, False):

@@ -27,7 +27,9 @@ from pathlib import Path
 __all__ = [
     "OutputLockedError",
     "acquire_output_lock",
+    "STORED_CHUNKS_ATTR",
     "check_input_complete",
+    "count_stored_chunks",
     "check_output_apart_from_inputs",
     "release_output_lock",
     "resolved",
@@ -35,6 +37,9 @@ __all__ = [
 
 
 logger = logging.getLogger(__name__)
+
+STORED_CHUNKS_ATTR = "innerdist_stored_chunks"
+_METADATA_FILES = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
 
 
 class OutputLockedError(FileExistsError):
@@ -146,6 +151,7 @@ def check_input_complete(
     the command has no such override (the message does not offer one).
     """
     if bool(attrs.get("innerdist_complete", True)):
+        _check_chunks(attrs, path, role)
         return
     job = attrs.get("innerdist_job")
     command = None
@@ -161,3 +167,29 @@ def check_input_complete(
     if not allow_incomplete:
         raise ValueError(message + ", or pass --allow-incomplete to use it as it is")
     logger.warning("%s; using it as it is (--allow-incomplete)", message)
+
+
+def count_stored_chunks(dataset: str | Path) -> int:
+    """Number of chunk files of the zarr array in folder ``dataset`` (metadata excluded)."""
+    count = 0
+    for _root, _dirs, files in os.walk(dataset):
+        count += sum(1 for f in files if f not in _METADATA_FILES)
+    return count
+
+
+def _check_chunks(attrs: Mapping[str, object], path: str | Path, role: str) -> None:
+    """zarr reads a missing chunk as the fill value; in an output that an innerdist job
+    finished (it recorded how many chunks it stored) a missing chunk means damage."""
+    recorded = attrs.get(STORED_CHUNKS_ATTR)
+    if not isinstance(recorded, int) or not Path(path).is_dir():
+        return
+    found = count_stored_chunks(path)
+    if found < recorded:
+        job = attrs.get("innerdist_job")
+        command = job.get("task") or job.get("command") if isinstance(job, Mapping) else None
+        rerun = f"the innerdist {command} job" if isinstance(command, str) else "its job"
+        raise ValueError(
+            f"{role} {str(path)!r} is damaged: the job that wrote it stored {recorded} chunks, "
+            f"{recorded - found} of them are missing now (deleted or partly copied; zarr "
+            f"would read them as zeros); restore it or run {rerun} again with --overwrite"
+        )

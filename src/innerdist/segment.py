@@ -516,6 +516,14 @@ def segment_volume(
         raise ValueError(f"output {str(out)!r} is the prediction itself; choose another path")
     intermediates = [out_container / f"{out_dataset}__{n}" for n in ("seeds", "fragments", "grown")]
     check_output_apart_from_inputs([out, *intermediates], {"prediction": prediction})
+    if not (out_container / out_dataset).exists():
+        # Without the output they belong to, these are someone else's data: never delete.
+        for path in intermediates:
+            if path.exists():
+                raise FileExistsError(
+                    f"{str(path)!r} exists, but segment keeps its intermediate results there "
+                    f"for output {str(out)!r}; move it or choose another output name"
+                )
 
     source = open_volume(prediction)
     pred_path = str(prediction)
