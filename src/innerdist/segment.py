@@ -1255,6 +1255,10 @@ def _grow_batches(job: _Job, num_workers: int) -> None:
 
     with tqdm(total=len(todo), desc="segment-grow", unit="batch", disable=not job.progress) as bar:
         workers = min(num_workers, len(todo))  # spawning a worker costs seconds
+        if job.worker_command is not None:
+            # Growing runs on the submitting machine (it alone writes __grown): cluster
+            # worker counts are not local process counts.
+            workers = min(workers, os.cpu_count() or 1)
         if workers == 1:
             for batch in todo:
                 store(_flood_batch(job, batch))
