@@ -317,6 +317,14 @@ def segment(
             "blockwise, approximately at block seams (a warning says so).",
         ),
     ] = 2**24,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (blocks, per-block time and memory measured on one sample "
+            "block, output size, estimated wall time) and write nothing.",
+        ),
+    ] = False,
     workers: Workers = 1,
     worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
@@ -339,8 +347,9 @@ def segment(
         worker_command=worker_command,
         overwrite=overwrite,
         max_watershed_voxels=max_watershed_voxels,
+        dry_run=dry_run,
     )
-    typer.echo(f"wrote {result}")
+    typer.echo(result if dry_run else f"wrote {result}")
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:
