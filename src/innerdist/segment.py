@@ -711,7 +711,7 @@ def _plan(job: _Job, num_workers: int) -> str:
     middle = Coordinate(g // 2 * b for g, b in zip(job.grid, job.block, strict=True))
     write_roi = Roi(roi.offset + middle * voxel, Coordinate(job.block) * voxel).intersect(roi)
     threshold = job.mode == "threshold"
-    seconds, host = 0.0, 0
+    seconds, host = 0.0, None
     with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
         folder = Path(tmp) / "plan.zarr"
         sample = dataclasses.replace(
@@ -728,7 +728,7 @@ def _plan(job: _Job, num_workers: int) -> str:
             for step in [_pass_threshold] if threshold else [_pass_fragments, _pass_faces]:
                 s, h, _ = measure_block(partial(step, sample), write_roi, write_roi)
                 seconds += s
-                host = max(host, h) if h is not None else host
+                host = host if h is None else max(host or 0, h)
         finally:
             _forget()
     startup = (
@@ -739,7 +739,7 @@ def _plan(job: _Job, num_workers: int) -> str:
     copies = 1 if threshold else 4  # instances: the output and 3 uint64 intermediates
     return str(Plan(
         job="segment", blocks=job.num_blocks, block_shape=job.block, workers=num_workers,
-        block_seconds=seconds, block_memory_bytes=host or None, device_memory_bytes=None,
+        block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=None,
         output_bytes=output_bytes(job.shape, job.channels * copies,
                                   "uint8" if threshold else "uint64"),
         output_description=(
