@@ -110,3 +110,36 @@ def test_dry_run_checks_the_input_like_a_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="precision 'bf16' is for prediction on a CUDA GPU"):
         predict_volume(tmp_path / "model.pt", tmp_path / "in.zarr/raw", tmp_path / "o.zarr/p",
                        device="cpu", precision="bf16", dry_run=True)
+
+
+@pytest.mark.parametrize("mode", ["instances", "threshold"])
+def test_segment_dry_run_writes_nothing(tmp_path: Path, mode: str) -> None:
+    from test_segment import scene_2d, write_prediction
+
+    from innerdist.cli import app
+    from innerdist.segment import segment_volume
+
+    pred = write_prediction(tmp_path / "in.zarr" / "pred",
+                            scene_2d()[np.newaxis].astype(np.float32))  # 40 x 40
+    out = tmp_path / "out.zarr" / "seg"
+    text = segment_volume(pred, out, mode=mode, block_shape=(16, 16), num_workers=1,
+                          dry_run=True, progress=False)
+    assert not out.exists() and not (tmp_path / "out.zarr").exists()
+    lines = text.splitlines()
+    assert lines[0] == "segment: plan (nothing was written)"
+    assert lines[1] == "  blocks               9 of (16, 16) voxels"  # 3 x 3, edges shrunk
+    if mode == "threshold":
+        assert lines[3] == f"  output on disk       <= {_size(40 * 40)} (uint8, 1 channel(s), " \
+            "uncompressed)"
+        assert len(lines) == 5
+    else:
+        assert lines[3] == f"  output on disk       <= {_size(4 * 40 * 40 * 8)} (uint64, 1 " \
+            "channel(s), with 3 intermediates while it runs, uncompressed)"
+        assert lines[5].startswith("  note                 per block = the fragments and faces")
+    assert "with 1 worker(s) (worker start-up 0 s)" in lines[4]
+
+    result = CliRunner().invoke(app, ["segment", pred, str(out), "--mode", mode,
+                                      "--block-shape", "16,16", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("segment: plan (nothing was written)\n")
+    assert not out.exists()

@@ -464,6 +464,14 @@ def segment(
             "blockwise, approximately at block seams (a warning says so).",
         ),
     ] = 2**24,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (blocks, per-block time and memory measured on one sample "
+            "block, output size, estimated wall time) and write nothing.",
+        ),
+    ] = False,
     workers: Workers = 1,
     no_pyramid: NoPyramid = False,
     worker_command: WorkerCommand = None,
@@ -491,8 +499,12 @@ def segment(
         max_watershed_voxels=max_watershed_voxels,
         pyramid=not no_pyramid,
         allow_incomplete=allow_incomplete,
+        dry_run=dry_run,
     )
-    _report(result, was_complete=was_complete)
+    if dry_run:
+        typer.echo(result)
+    else:
+        _report(result, was_complete=was_complete)
 
 
 def _parse_shape(text: str | None) -> tuple[int, ...] | None:

@@ -1,4 +1,4 @@
-"""A plan before a long run: ``innerdist predict --dry-run``.
+"""A plan before a long run: ``innerdist predict --dry-run``, ``innerdist segment --dry-run``.
 
 The plan says how many blocks the job has, what one block costs (time and memory,
 *measured* by running one sample block from the middle of the region, not guessed), how
@@ -44,6 +44,7 @@ class Plan:
     output_bytes: int
     output_description: str
     worker_startup_seconds: float
+    note: str | None = None  # what the estimate leaves out
 
     @property
     def estimated_seconds(self) -> float:
@@ -58,7 +59,7 @@ class Plan:
         )
         if self.device_memory_bytes is not None:
             memory += f", {_size(self.device_memory_bytes)} GPU memory"
-        return "\n".join([
+        lines = [
             f"{self.job}: plan (nothing was written)",
             f"  blocks               {self.blocks} of {self.block_shape} voxels",
             f"  per block            {self.block_seconds:.3g} s, {memory} (measured on one "
@@ -66,7 +67,10 @@ class Plan:
             f"  output on disk       <= {_size(self.output_bytes)} ({self.output_description})",
             f"  estimated wall time  {_duration(self.estimated_seconds)} with {self.workers} "
             f"worker(s) (worker start-up {self.worker_startup_seconds:.2g} s)",
-        ])
+        ]
+        if self.note:
+            lines.append(f"  note                 {self.note}")
+        return "\n".join(lines)
 
 
 def _size(n: int) -> str:

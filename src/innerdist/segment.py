@@ -422,6 +422,7 @@ def segment_volume(
     pyramid: bool = True,
     allow_incomplete: bool = False,
     worker_command: str | None = None,
+    dry_run: bool = False,
 ) -> str:
     """Segment a prediction volume blockwise; returns the output path.
 
@@ -472,6 +473,10 @@ def segment_volume(
         Start each worker of the blockwise passes through this template, e.g.
         ``'srun {command}'`` (default: ``$INNERDIST_WORKER_COMMAND``; unset: local
         processes); see :mod:`innerdist.workers`.
+    dry_run:
+        Check everything, run the per-block passes on one sample block into a temporary
+        folder and return the plan's text (:class:`innerdist.plan.Plan`) instead of the
+        output path; nothing is written to ``out``.
     """
     from innerdist.blockwise import open_or_create_output, tracking_dir_for
     from innerdist.safety import check_input_complete, check_output_apart_from_inputs
@@ -623,6 +628,8 @@ def segment_volume(
         "max_watershed_voxels": max_watershed_voxels,
         "fallback_context": list(context),
     }
+    if dry_run:
+        return _plan(job, num_workers)
     resuming = (out_container / out_dataset).exists() and not overwrite
     output = open_or_create_output(
         out,
@@ -713,6 +720,60 @@ def pass_function(*, job: dict[str, Any], step: str) -> Callable[[Roi, Roi], Non
         raise ValueError(f"{step!r} is not a segmentation pass")
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in job.items()}
     return partial(function, _Job(**fields))
+
+
+def _plan(job: _Job, num_workers: int) -> str:
+    """The ``dry_run`` of :func:`segment_volume`: the passes that run block by block before
+    the merge, on the middle block, into temporary volumes; timed and measured."""
+    from innerdist.plan import Plan, measure_block, output_bytes, worker_startup_seconds
+    from innerdist.volumes import create_volume
+
+    voxel = Coordinate(job.voxel_size)
+    roi = Roi(job.offset, Coordinate(job.shape) * voxel)
+    middle = Coordinate(g // 2 * b for g, b in zip(job.grid, job.block, strict=True))
+    write_roi = Roi(roi.offset + middle * voxel, Coordinate(job.block) * voxel).intersect(roi)
+    threshold = job.mode == "threshold"
+    seconds, host = 0.0, None
+    with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
+        folder = Path(tmp) / "plan.zarr"
+        sample = dataclasses.replace(
+            job, tracking=str(Path(tmp) / "tracking"), worker_command=None,
+            out=str(folder / "out"), seeds=str(folder / "seeds"),
+            fragments=str(folder / "fragments"),
+        )
+        for path in (sample.out, sample.seeds, sample.fragments):
+            create_volume(path, roi=roi, voxel_size=job.voxel_size,
+                          dtype=np.uint8 if threshold else np.uint64,
+                          num_channels=job.channels, chunk_shape=job.block)
+        _forget()
+        try:
+            for step in [_pass_threshold] if threshold else [_pass_fragments, _pass_faces]:
+                s, h, _ = measure_block(partial(step, sample), write_roi, write_roi)
+                seconds += s
+                host = host if h is None else max(host or 0, h)
+        finally:
+            _forget()
+    startup = (
+        worker_startup_seconds(["numpy", "zarr", "cc3d", "innerdist.segment", "innerdist.workers"])
+        if num_workers > 1 or job.worker_command is not None
+        else 0.0
+    )
+    copies = 1 if threshold else 4  # instances: the output and 3 uint64 intermediates
+    return str(Plan(
+        job="segment", blocks=job.num_blocks, block_shape=job.block, workers=num_workers,
+        block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=None,
+        output_bytes=output_bytes(job.shape, job.channels * copies,
+                                  "uint8" if threshold else "uint64"),
+        output_description=(
+            f"uint8, {job.channels} channel(s)" if threshold else
+            f"uint64, {job.channels} channel(s), with 3 intermediates while it runs"
+        ) + ", uncompressed",
+        worker_startup_seconds=startup,
+        note=None if threshold else (
+            "per block = the fragments and faces passes; the merge, grow and write steps "
+            "are not in the estimate"
+        ),
+    ))
 
 
 def _finish(job: _Job, output: Array, *, pyramid: bool, num_workers: int) -> None:
@@ -1304,6 +1365,10 @@ def _grow_batches(job: _Job, num_workers: int) -> None:
 
     with Progress(len(todo), "segment-grow", "batch", enabled=job.progress) as bar:
         workers = min(num_workers, len(todo))  # spawning a worker costs seconds
+        if job.worker_command is not None:
+            # Growing runs on the submitting machine (it alone writes __grown): cluster
+            # worker counts are not local process counts.
+            workers = min(workers, os.cpu_count() or 1)
         if workers == 1:
             for batch in todo:
                 store(_flood_batch(job, batch))

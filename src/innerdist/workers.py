@@ -313,7 +313,7 @@ def claim_gpu(worker_id: int, gpu_ids: Sequence[str], lock_dir: str | Path) -> t
 
     ``gpu_ids`` are the visible GPUs' identities (UUIDs, so that processes with different
     ``CUDA_VISIBLE_DEVICES`` agree). GPUs are tried from ``worker_id % len(gpu_ids)`` on;
-    the claim is an exclusive ``flock`` on ``lock_dir/innerdist-gpu-<id>.lock``, held by
+    the claim is an exclusive ``flock`` on ``lock_dir/innerdist-gpu-<uid>-<id>.lock``, held by
     the returned open file and released by the OS when the worker exits (also when it is
     killed), so a replacement worker finds the GPU free. Raises :class:`RuntimeError` when
     every visible GPU is held: one GPU is never shared by accident.
@@ -325,7 +325,10 @@ def claim_gpu(worker_id: int, gpu_ids: Sequence[str], lock_dir: str | Path) -> t
         raise RuntimeError("no CUDA GPU is visible to this worker (CUDA_VISIBLE_DEVICES?)")
     for k in range(count):
         index = (worker_id + k) % count
-        handle = open(Path(lock_dir) / f"innerdist-gpu-{gpu_ids[index]}.lock", "w")  # noqa: SIM115
+        # Per user: another user's lock file would not be writable (their GPUs are the
+        # batch system's to keep apart).
+        name = f"innerdist-gpu-{os.getuid()}-{gpu_ids[index]}.lock"
+        handle = open(Path(lock_dir) / name, "w")  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
