@@ -227,10 +227,10 @@ def test_bad_arguments():
 
 
 def test_an_output_off_the_voxel_grid_names_the_input(tmp_path):
-    with pytest.raises(ValueError, match=r"taken from the labels 'in.zarr/l'\) has an offset "
-                       r"\(2, 3\) that is not a multiple of the voxel size \(2, 2\)"):
+    with pytest.raises(ValueError, match=r"taken from the labels 'in.zarr/l'\) has a shape "
+                       r"\(8, 7\) that is not a multiple of the voxel size \(2, 2\)"):
         open_or_create_output(tmp_path / "o.zarr" / "t", job={"a": 1}, overwrite=False,
-                              inputs={"labels": "in.zarr/l"}, roi=Roi((2, 3), (8, 8)),
+                              inputs={"labels": "in.zarr/l"}, roi=Roi((2, 3), (8, 7)),
                               voxel_size=(2, 2), dtype=np.uint8)
     assert not (tmp_path / "o.zarr").exists()
 

@@ -455,14 +455,15 @@ def _check_on_grid(
     if roi is None or voxel is None:
         return
     voxel = Coordinate(voxel)
-    for what, value in (("offset", roi.offset), ("shape", roi.shape)):
-        if not Coordinate(value).is_multiple_of(voxel):
-            named = ", ".join(f"{role} {str(p)!r}" for role, p in inputs.items() if p) or "input"
-            raise ValueError(
-                f"cannot write {str(path)!r}: its region {roi} (world units, taken from the "
-                f"{named}) has an {what} {tuple(value)} that is not a multiple of the voxel "
-                f"size {tuple(voxel)}; fix the input's offset/voxel_size metadata"
-            )
+    # Only the shape: offsets may be off the grid (OME-NGFF levels above 0 sit half a fine
+    # voxel off level 0's grid, and outputs keep their input's geometry).
+    if not Coordinate(roi.shape).is_multiple_of(voxel):
+        named = ", ".join(f"{role} {str(p)!r}" for role, p in inputs.items() if p) or "input"
+        raise ValueError(
+            f"cannot write {str(path)!r}: its region {roi} (world units, taken from the "
+            f"{named}) has a shape {tuple(roi.shape)} that is not a multiple of the voxel "
+            f"size {tuple(voxel)}; fix the input's shape/voxel_size metadata"
+        )
 
 
 def _holds_no_file(target: Path) -> bool:
@@ -532,6 +533,13 @@ def _open_or_create(
     # array would look like complete user data. So it is made under a temporary name and
     # renamed (atomic) once its attributes say "incomplete, written by this job".
     staging = tracking.parent / f"{tracking.name}.creating"
+    # A label image goes into its image's labels/ (refused for an image innerdist cannot
+    # extend): checked before anything is written, listed there once it is in place.
+    from innerdist.ome import register_label
+    from innerdist.volumes import image_of_label
+
+    image = image_of_label(target) if create_kwargs.get("ome") and create_kwargs.get("label") \
+        else None
     if staging.exists():
         shutil.rmtree(staging)
     create_volume(staging, overwrite=True, attrs=attrs_new, **create_kwargs)
@@ -542,6 +550,8 @@ def _open_or_create(
             target.unlink()
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(staging, target)
+    if image is not None:
+        register_label(image, target.name)
     return open_volume(path, mode="r+")
 
 

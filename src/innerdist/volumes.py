@@ -274,7 +274,7 @@ def create_volume(
             f"it instead, e.g. {str(container / 'labels' / 'cells')!r}"
         )
     target = container / dataset
-    image = _image_of_label(target) if ome and label else None  # checked before deleting
+    image = image_of_label(target) if ome and label else None  # checked before deleting
     if target.exists():
         if not overwrite:
             raise FileExistsError(
@@ -331,7 +331,7 @@ def create_volume(
     return array
 
 
-def _image_of_label(target: Path) -> Path | None:
+def image_of_label(target: Path) -> Path | None:
     """The OME-NGFF image a label output ``image/labels/NAME`` belongs to, if any."""
     image = target.parent.parent
     if target.parent.name != "labels" or not is_multiscale_group(image):
