@@ -179,3 +179,216 @@ def test_too_many_voxels_for_one_watershed(monkeypatch):
     monkeypatch.setattr(ws, "_MAX_FLOOD_VOXELS", 100)
     with pytest.raises(ValueError, match="has 1600 voxels, more than the 100"):
         instances(np.zeros((40, 40), np.float32), foreground_level=0.05, seed_level=0.8)
+
+
+# --- dynamic seeds ----------------------------------------------------------------------------
+
+
+def slow_dynamic_seeds(relief, mask, h, floor):
+    """h-maxima by brute force, straight from the definition. Peaks are the voxels with no
+    face neighbour in ``mask`` that comes before them in the total order (higher value,
+    then earlier in raster order). A peak's saddle is the highest level ``t`` at which it
+    is connected, within ``mask & (relief >= t)``, to a voxel before it; without one its
+    saddle is ``floor``. Seeds: peaks rising ``h`` above their saddle, each with the
+    connected voxels less than ``h`` below it, numbered in the order of their peaks."""
+    flat = relief.ravel()
+    inside = mask.ravel()
+    order = sorted(np.flatnonzero(inside), key=lambda i: (-flat[i], i))
+    position = {v: k for k, v in enumerate(order)}
+    before = np.zeros(relief.shape, bool)
+    labels = np.zeros(relief.shape, np.int32)
+    n = 0
+    for k, p in enumerate(order):
+        coords = np.unravel_index(p, relief.shape)
+        is_peak = True
+        for axis in range(relief.ndim):
+            for step in (-1, 1):
+                q = list(coords)
+                q[axis] += step
+                if 0 <= q[axis] < relief.shape[axis] and mask[tuple(q)]:
+                    if position[np.ravel_multi_index(q, relief.shape)] < k:
+                        is_peak = False
+        if is_peak:
+            saddle = floor
+            for t in sorted({t for t in flat[inside] if t <= flat[p]}, reverse=True):
+                comps, _ = ndimage.label(mask & (relief >= t))
+                if (comps == comps[coords]).ravel()[order[:k]].any():
+                    saddle = t
+                    break
+            if flat[p] - saddle >= h:
+                n += 1
+                comps, _ = ndimage.label(mask & (flat[p] - relief < h))
+                labels[(comps == comps[coords]) & (labels == 0)] = n
+        before.ravel()[p] = True
+    return labels, n
+
+
+def test_dynamic_seeds_hand_computed():
+    # peaks 4 (first in the total order), 3 (saddle 0.5 to 4) and 2.5 (saddle 2 to 3)
+    relief = np.array([[1.0, 3.0, 2.0, 2.5, 0.5, 4.0]])
+    mask = relief > 0.2
+    labels, n = ws.dynamic_seeds(relief, mask, h=0.6, floor=0.0)
+    np.testing.assert_array_equal(labels, [[0, 2, 0, 0, 0, 1]])  # 2.5 rises only 0.5
+    assert n == 2
+    labels, n = ws.dynamic_seeds(relief, mask, h=0.5, floor=0.0)  # at least h: kept
+    np.testing.assert_array_equal(labels, [[0, 2, 0, 3, 0, 1]])
+    # a seed region is everything less than h below its peak, connected to it
+    labels, _ = ws.dynamic_seeds(relief, mask, h=1.2, floor=0.0)
+    np.testing.assert_array_equal(labels, [[0, 2, 2, 2, 0, 1]])
+    # the highest peak must rise h above the floor; a component below it gets no seed
+    labels, n = ws.dynamic_seeds(relief, mask, h=3.9, floor=0.2)
+    assert n == 0 and not labels.any()
+    # two components do not see each other: each gets its own peak
+    labels, n = ws.dynamic_seeds(relief, relief > 0.6, h=2.0, floor=0.0)
+    np.testing.assert_array_equal(labels, [[0, 2, 2, 2, 0, 1]])
+
+
+def test_equal_peaks_tie_to_the_raster_first():
+    relief = np.array([[2.0, 1.0, 2.0, 1.5, 2.0]])
+    labels, n = ws.dynamic_seeds(relief, relief > 0, h=0.5, floor=0.0)
+    # all three rise 0.5..1 above their saddles; the first is the highest by the tie rule
+    np.testing.assert_array_equal(labels, [[1, 0, 2, 0, 3]])
+    labels, n = ws.dynamic_seeds(relief, relief > 0, h=0.75, floor=0.0)
+    np.testing.assert_array_equal(labels, [[1, 0, 2, 2, 2]])
+
+
+tied = st.integers(2, 3).flatmap(
+    lambda dims: arrays(
+        np.float64,
+        st.tuples(*[st.integers(1, 7)] * dims),
+        elements=st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.0]),
+    )
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(relief=tied, h=st.sampled_from([0.25, 0.5, 1.0, 1.7]), floor=st.sampled_from([-1.0, 0.0]))
+def test_dynamic_seeds_equal_the_slow_definition_with_ties(relief, h, floor):
+    mask = relief > floor
+    got, n = ws.dynamic_seeds(relief, mask, h, floor)
+    want, m = slow_dynamic_seeds(relief, mask, h, floor)
+    assert n == m
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    relief=arrays(np.float64, (6, 7), elements=st.floats(0, 4)),
+    h=st.floats(0.01, 2),
+)
+def test_dynamic_seeds_equal_the_slow_definition(relief, h):
+    mask = relief > 0.3
+    got, n = ws.dynamic_seeds(relief, mask, h, 0.3)
+    want, m = slow_dynamic_seeds(relief, mask, h, 0.3)
+    assert n == m
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(relief=tied)
+def test_single_candidate_plateau_means_single_peak(relief):
+    """What the blockwise engine's shortcut relies on: a component whose candidate peaks
+    form one plateau has exactly one peak (with any h, its seed is the whole top)."""
+    mask = relief > 0
+    comps, n = ws._components(mask)
+    plateaus, _ = ws._components(ws.candidate_peaks(relief, mask))
+    for k in range(1, n + 1):
+        inside = comps == k
+        count = len(np.unique(plateaus[inside & (plateaus > 0)]))
+        assert count >= 1
+        _, peaks = ws._hmaxima_regions(relief, inside, 1e-9, -1.0)
+        assert count >= len(peaks)  # every peak lies on its own candidate plateau
+        assert len(np.unique(plateaus.ravel()[peaks])) == len(peaks)
+        if count == 1:
+            assert len(peaks) == 1
+
+
+def test_small_object_touching_a_big_one_gets_its_own_seed():
+    # A disc of radius 3 touching one of radius 12: the level seeds (0.8 of a tanh scale of
+    # 6 voxels) miss the small one and it is flooded by its neighbour; dynamic seeds don't.
+    grid = np.indices((40, 40))
+    big = ((grid[0] - 20) ** 2 + (grid[1] - 14) ** 2) <= 12**2
+    small = (((grid[0] - 20) ** 2 + (grid[1] - 29) ** 2) <= 3.5**2) & ~big
+    labels = big + 2 * small
+    from innerdist.inner_distance import InnerDistancePredictor
+
+    pred = InnerDistancePredictor(["x"], 6.0).process(labels, (1, 1), "tanh", 6.0)
+    level = instances(pred, foreground_level=0.05, seed_level=0.8)
+    assert len(np.unique(level[labels > 0])) == 1  # merged
+    dynamic = instances(pred, foreground_level=0.05, seed_level=0.8, seed_dynamic=1, scale=6)
+    np.testing.assert_array_equal(dynamic, labels)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pred=quantized, h=st.sampled_from([0.05, 0.2, 0.6]))
+def test_dynamic_seeds_and_flood_are_restriction_consistent(pred, h):
+    """Seeds and flood of one component on its box equal those of the whole volume: the
+    blockwise engine's exactness, on inputs full of ties."""
+    mask = pred > 0.05
+    relief = ws.seed_relief(pred, 0.8, 1.0)
+    floor = np.arctanh(0.05)
+    seeds, _ = ws.dynamic_seeds(relief, mask, h, floor)
+    whole = ws._flood(pred, seeds, mask)
+    comps, n = ws._components(mask)
+    for k, box in enumerate(ndimage.find_objects(comps), start=1):
+        alone = comps[box] == k
+        part_seeds, _ = ws.dynamic_seeds(relief[box], alone, h, floor)
+        # the same regions (numbered within the box)
+        assert len(np.unique(part_seeds[alone])) == len(np.unique(seeds[box][alone]))
+        np.testing.assert_array_equal(part_seeds[alone] > 0, seeds[box][alone] > 0)
+        part = ws._flood(pred[box], part_seeds, alone)
+        pairs = np.unique(np.stack([part[alone], whole[box][alone]]), axis=1)
+        assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pred=arrays(np.float64, (7, 8), elements=st.floats(0, 1, exclude_max=True)),
+    h=st.floats(0.01, 1),
+)
+def test_dynamic_instances_equal_plain_skimage_when_seeds_have_distinct_values(pred, h):
+    mask = pred > 0.05
+    markers, _ = ws.dynamic_seeds(ws.seed_relief(pred, 0.8, 1.0), mask, h, np.arctanh(0.05))
+    values = pred[markers > 0]
+    if len(np.unique(values)) != len(values):
+        return  # ties among seed voxels: skimage's own order is arbitrary there
+    want = slow_canonical(watershed(-pred, markers, mask=mask, connectivity=1))
+    got = instances(pred, foreground_level=0.05, seed_level=0.8, seed_dynamic=h)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_seed_relief_is_the_capped_distance():
+    pred = np.array([[0.0, 0.5, 0.8, 0.95, 1.0]], np.float32)
+    got = ws.seed_relief(pred, 0.8, 10.0)
+    want = 10 * np.arctanh(np.minimum(pred.astype(np.float64), 0.8))
+    np.testing.assert_allclose(got, want)
+    assert got.dtype == np.float64
+    assert np.isfinite(ws.seed_relief(pred, 1.0, 1.0)).all()  # a stray 1.0 stays finite
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           seed_dynamic=-1), ValueError, "seed_dynamic must be a finite"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           seed_dynamic=float("nan")), ValueError, "seed_dynamic"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           seed_dynamic="1"), TypeError, "seed_dynamic must be a number"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           seed_dynamic=True), TypeError, "seed_dynamic must be a number"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           seed_dynamic=1, scale=0), ValueError, "scale must be a finite"),
+        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
+                           seed_dynamic=1, scale=None), TypeError, "scale must be a number"),
+        (lambda: ws.dynamic_seeds(np.zeros((2, 2)), np.zeros((2, 3), bool), 1, 0),
+         ValueError, "must be one 2-D or 3-D shape"),
+        (lambda: ws.dynamic_seeds(np.zeros(2), np.zeros(2, bool), 1, 0),
+         ValueError, "must be one 2-D or 3-D shape"),
+        (lambda: ws.dynamic_seeds(np.zeros((2, 2)), np.zeros((2, 2), bool), 0, 0),
+         ValueError, "h must be a finite number > 0"),
+    ],
+)
+def test_dynamic_seed_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
