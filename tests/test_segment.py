@@ -12,6 +12,7 @@ from funlib.persistence import prepare_ds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from labelgen import grown_cells, packed_balls
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -270,6 +271,196 @@ def test_defaults_come_from_postprocessing_attrs(tmp_path):
     plain = write_prediction(tmp_path / "p.zarr" / "plain", pred)
     got = read(segment_volume(plain, tmp_path / "p.zarr" / "c", **kwargs))
     assert_same(got, reference(pred, fg=0.05, seed=0.8))
+
+
+# --- dynamic seeds: blockwise equals in memory ----------------------------------------------
+
+
+def predictor_attrs(scale, **more):
+    """The attrs ``predict`` and ``targets`` write: the predictor, whose scale turns the
+    prediction back into distances (and so switches on dynamic seeds by default)."""
+    predictor = {"channels": ["x"], "scale_factor": scale, "epsilon": 0.05, "threshold": 0.8}
+    return {"innerdist_predictor": predictor, **more}
+
+
+def dynamic_reference(pred, scale, h, fg=0.05, seed=0.8, min_size_voxels=0):
+    return np.stack(
+        [instances(p, foreground_level=fg, seed_level=seed, min_size_voxels=min_size_voxels,
+                   seed_dynamic=h, scale=scale) for p in pred]
+    )
+
+
+def f1_at_half(seg, labels):
+    from innerdist.evaluate import instance_scores
+
+    return instance_scores(seg, labels, iou_thresholds=[0.5])["matching"][0]["f1_score"]
+
+
+def exact_prediction(labels, voxel_size, scale):
+    from innerdist.inner_distance import InnerDistancePredictor
+
+    return InnerDistancePredictor(["x"], scale).process(labels, voxel_size, "tanh", scale)
+
+
+DYNAMIC_SCENES = {
+    "balls-2d": (lambda rng: packed_balls(rng, (96, 96), radii=(3, 20)), (8, 8)),
+    "cells-2d": (lambda rng: grown_cells(rng, (96, 96), radii=(3, 20)), (8, 8)),
+    "cells-3d": (lambda rng: grown_cells(rng, (36, 36, 36), radii=(3, 12)), (8, 8, 8)),
+    "balls-3d-aniso": (lambda rng: packed_balls(rng, (24, 40, 40), radii=(3, 12)), (40, 8, 8)),
+}
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("scene", "block", "noise"),
+    [("balls-2d", (17, 40), 0.0), ("balls-2d", (17, 40), 0.15),
+     ("cells-3d", (7, 20, 36), 0.15), ("balls-3d-aniso", (8, 16, 16), 0.15),
+     pytest.param("balls-2d", (32, 32), 0.15, marks=SLOW),
+     pytest.param("cells-2d", (24, 24), 0.0, marks=SLOW),
+     pytest.param("cells-2d", (24, 24), 0.15, marks=SLOW),
+     pytest.param("cells-3d", (12, 12, 12), 0.0, marks=SLOW),
+     pytest.param("cells-3d", (12, 12, 12), 0.15, marks=SLOW),
+     pytest.param("balls-3d-aniso", (8, 16, 16), 0.0, marks=SLOW),
+     pytest.param("balls-3d-aniso", (24, 13, 9), 0.15, marks=SLOW)],
+)
+def test_blockwise_dynamic_seeds_equal_in_memory(tmp_path, scene, block, noise):
+    make, voxel_size = DYNAMIC_SCENES[scene]
+    labels = make(np.random.default_rng(3))
+    pred = exact_prediction(labels, voxel_size, 50.0)
+    if noise:
+        pred = noisy(pred, seed=4, amount=noise)
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred[None], voxel_size=voxel_size,
+                            attrs=predictor_attrs(50.0))
+    out = segment_volume(path, tmp_path / "s.zarr" / "seg", block_shape=block, progress=False)
+    # default: dynamic seeds of one voxel (the finest axis), the scale from the attrs
+    assert open_volume(out).attrs["innerdist_segmentation"]["seed_dynamic"] == 8.0
+    want = dynamic_reference(pred[None], 50.0, 8.0)
+    assert_same(read(out), want)
+    if not noise:
+        assert f1_at_half(want[0], labels) == 1.0  # exact targets: every object back
+
+
+def test_dynamic_seeds_split_objects_that_level_seeds_merge(tmp_path):
+    labels = packed_balls(np.random.default_rng(5), (96, 96), radii=(3, 20))
+    pred = exact_prediction(labels, (8, 8), 50.0)
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred[None], voxel_size=(8, 8),
+                            attrs=predictor_attrs(50.0))
+    level = read(segment_volume(path, tmp_path / "s.zarr" / "level", seed_dynamic=0,
+                                block_shape=(32, 32), progress=False))
+    assert_same(level, reference(pred[None]))
+    assert level.max() < labels.max()  # small objects lost or merged
+    dynamic = read(segment_volume(path, tmp_path / "s.zarr" / "dyn", seed_dynamic=8,
+                                  block_shape=(32, 32), progress=False))
+    assert f1_at_half(dynamic[0], labels) == 1.0
+
+
+def test_dynamic_seeds_on_quantized_ties_and_two_channels(tmp_path):
+    # uint8 quantisation makes plateaus and equal peaks everywhere; two channels differ.
+    a = noisy(scene_3d(), seed=1)
+    b = noisy(scene_3d()[::-1].copy(), seed=2)
+    stored = np.round(np.stack([a, b]) * 255).astype(np.uint8)
+    attrs = predictor_attrs(2.0, innerdist_quantization={"scale": 1 / 255, "offset": 0.0})
+    path = write_prediction(tmp_path / "p.zarr" / "pred", stored, attrs=attrs)
+    values = stored.astype(np.float32) * np.float32(1 / 255)
+    for block in [(8, 8, 8), (5, 24, 11)]:
+        out = segment_volume(path, tmp_path / "s.zarr" / f"seg{block[0]}", block_shape=block,
+                             seed_dynamic=0.3, progress=False)
+        assert_same(read(out), dynamic_reference(values, 2.0, 0.3))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    pred=arrays(np.float32, (12, 13), elements=st.sampled_from([0.0, 0.3, 0.6, 0.9, 0.95])),
+    block=st.tuples(st.integers(2, 6), st.integers(2, 6)),
+    h=st.sampled_from([0.1, 0.4, 1.0]),
+)
+def test_random_blockwise_dynamic_seeds_equal_in_memory(tmp_path_factory, pred, block, h):
+    tmp = tmp_path_factory.mktemp("random-dynamic")
+    path = write_prediction(tmp / "p.zarr" / "pred", pred[None], attrs=predictor_attrs(1.0))
+    got = read(segment_volume(path, tmp / "p.zarr" / "seg", block_shape=block, seed_dynamic=h,
+                              progress=False))
+    assert_same(got, dynamic_reference(pred[None], 1.0, h))
+
+
+@SLOW
+def test_dynamic_seeds_with_two_workers(tmp_path):
+    pred = noisy(scene_3d(), seed=12)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=(2, 1, 1),
+                            attrs=predictor_attrs(3.0))
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", block_shape=(12, 12, 12),
+                              num_workers=2, progress=False))
+    assert_same(got, dynamic_reference(pred, 3.0, 1.0))
+
+
+def test_dynamic_seeds_with_min_size_and_the_fallback(tmp_path):
+    pred = noisy(scene_3d(), seed=12)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=(2, 1, 1),
+                            attrs=predictor_attrs(3.0))
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", block_shape=(12, 12, 12),
+                              min_size=40, progress=False))
+    assert_same(got, dynamic_reference(pred, 3.0, 1.0, min_size_voxels=20))
+    with pytest.warns(ApproximateSeamsWarning):
+        out = segment_volume(path, tmp_path / "p.zarr" / "b", block_shape=(12, 12, 12),
+                             max_watershed_voxels=8, fallback_context=(24, 24, 24),
+                             progress=False)
+    assert_same(read(out), dynamic_reference(pred, 3.0, 1.0))
+    with pytest.warns(ApproximateSeamsWarning):
+        out = segment_volume(path, tmp_path / "p.zarr" / "c", block_shape=(8, 8, 8),
+                             max_watershed_voxels=8, fallback_context=(1, 1, 1),
+                             progress=False)
+    assert ((read(out)[0] != 0) <= (pred[0] > 0.05)).all()  # approximate, but valid
+
+
+def test_seed_dynamic_from_postprocessing_attrs_and_level_seeds_without_a_scale(tmp_path):
+    pred = noisy(scene_2d(), seed=3)[None]
+    attrs = predictor_attrs(1.5, innerdist_postprocessing={
+        "foreground_level": 0.1, "seed_level": 0.9, "seed_dynamic": 0.5, "min_size": 0})
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, attrs=attrs)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", block_shape=(16, 16),
+                              progress=False))
+    assert_same(got, dynamic_reference(pred, 1.5, 0.5, fg=0.1, seed=0.9))
+    # no predictor attrs: the scale is unknown, so level seeds (as before dynamic seeds)
+    plain = write_prediction(tmp_path / "p.zarr" / "plain", pred)
+    out = segment_volume(plain, tmp_path / "p.zarr" / "b", block_shape=(16, 16), progress=False)
+    assert open_volume(out).attrs["innerdist_segmentation"]["seed_dynamic"] == 0.0
+    assert_same(read(out), reference(pred))
+
+
+# --- the perfect-information round trip -------------------------------------------------------
+
+
+ROUND_TRIPS = [
+    ("balls", (160, 160), (8, 8), (3, 30)),
+    ("cells", (160, 160), (8, 8), (3, 30)),
+    ("cells", (40, 40, 40), (8, 8, 8), (3, 12)),
+    ("cells", (24, 48, 48), (40, 8, 8), (3, 12)),
+    pytest.param("balls", (384, 384), (8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (384, 384), (8, 8), (3, 30), marks=SLOW),
+    pytest.param("balls", (112, 112, 112), (8, 8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (112, 112, 112), (8, 8, 8), (3, 30), marks=SLOW),
+    pytest.param("balls", (64, 144, 144), (40, 8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (64, 144, 144), (40, 8, 8), (3, 30), marks=SLOW),
+]
+
+
+@pytest.mark.parametrize(("kind", "shape", "voxel_size", "radii"), ROUND_TRIPS)
+def test_round_trip_with_default_settings(tmp_path, kind, shape, voxel_size, radii):
+    """labels -> exact targets -> segment_volume with defaults: every object comes back
+    (F1@0.5 >= 0.99), the goal for touching objects of radii 3..30 voxels."""
+    from innerdist.targets import compute_targets
+
+    make = {"balls": packed_balls, "cells": grown_cells}[kind]
+    labels = make(np.random.default_rng(11), shape, radii=radii)
+    path = write_prediction(tmp_path / "l.zarr" / "labels", labels[None].astype(np.uint32),
+                            voxel_size=voxel_size)
+    compute_targets(path, tmp_path / "l.zarr" / "pred", scale_factor=50, progress=False)
+    out = segment_volume(tmp_path / "l.zarr" / "pred", tmp_path / "l.zarr" / "seg",
+                         progress=False)
+    assert open_volume(out).attrs["innerdist_segmentation"]["seed_dynamic"] == min(voxel_size)
+    assert labels.max() > 10
+    assert f1_at_half(read(out)[0], labels) >= 0.99
 
 
 # --- resuming ---------------------------------------------------------------------------------
