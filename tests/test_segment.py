@@ -620,6 +620,12 @@ def make_bad_input(tmp_path, kind):
     elif kind == "no channels":
         prepare_ds(path, shape=(0, 40, 40), axis_names=["c^", "y", "x"], dtype=np.float32,
                    mode="w")
+    elif kind == "bad tuned seed_dynamic":
+        write_prediction(path, pred, attrs={"innerdist_postprocessing": {"seed_dynamic": -1}})
+    elif kind == "bad predictor scale":
+        write_prediction(path, pred, attrs={"innerdist_predictor": {"scale_factor": 0}})
+    elif kind == "predictor without scale":
+        write_prediction(path, pred, attrs={"innerdist_predictor": ["x"]})
     elif kind == "bad tuned level":
         write_prediction(path, pred, attrs={"innerdist_postprocessing": {"seed_level": 3}})
     return str(path)
@@ -641,6 +647,9 @@ def make_bad_input(tmp_path, kind):
         ("non-finite mapping", ValueError, r"\['scale'\] .* must be finite"),
         ("bad tuned min_size", ValueError, "min_size"),
         ("no channels", ValueError, "has no channels"),
+        ("bad tuned seed_dynamic", ValueError, r"\['seed_dynamic'\] .* finite number >= 0"),
+        ("bad predictor scale", ValueError, "must hold a 'scale_factor' > 0"),
+        ("predictor without scale", ValueError, "must hold a 'scale_factor' > 0"),
     ],
 )
 def test_bad_inputs_are_refused(tmp_path, kind, error, message):
@@ -659,6 +668,10 @@ def test_bad_inputs_are_refused(tmp_path, kind, error, message):
         (dict(foreground_level="low"), TypeError, "must be a number"),
         (dict(min_size=-4), ValueError, "min_size"),
         (dict(mode="threshold", seed_level=0.5), ValueError, "instances' only"),
+        (dict(mode="threshold", seed_dynamic=1), ValueError, "instances' only"),
+        (dict(seed_dynamic=1), ValueError, "needs the prediction's tanh scale"),
+        (dict(seed_dynamic=-1), ValueError, "seed_dynamic must be a finite number"),
+        (dict(seed_dynamic="1"), TypeError, "seed_dynamic must be a number"),
         (dict(block_shape=(8,)), ValueError, "block_shape must be 2"),
         (dict(block_shape=(8, 0)), ValueError, "block_shape"),
         (dict(num_workers=0), ValueError, "num_workers"),
@@ -713,6 +726,12 @@ def test_cli_segment(tmp_path, prediction):
                                       "--mode", "threshold", "--foreground-level", "0.5"])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(read(tmp_path / "p.zarr" / "m"), scene_2d()[None] > 0.5)
+    scaled = write_prediction(tmp_path / "p.zarr" / "scaled", scene_2d()[None],
+                              attrs=predictor_attrs(1.5))
+    result = CliRunner().invoke(app, ["segment", scaled, str(tmp_path / "p.zarr" / "d"),
+                                      "--seed-dynamic", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert_same(read(tmp_path / "p.zarr" / "d"), dynamic_reference(scene_2d()[None], 1.5, 0.4))
 
 
 @pytest.mark.parametrize(
@@ -725,6 +744,8 @@ def test_cli_segment(tmp_path, prediction):
         (["{pred}", "{pred}"], "is the prediction itself"),
         (["{pred}", "{tmp}/p.zarr/existing"], "already exists; pass --overwrite"),
         (["{tmp}/incomplete.zarr/pred", "{tmp}/o.zarr/s"], "is incomplete"),
+        (["{pred}", "{tmp}/o.zarr/s", "--seed-dynamic", "8"], "needs the prediction's tanh"),
+        (["{pred}", "{tmp}/o.zarr/s", "--seed-dynamic", "-1"], "seed_dynamic must be"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, prediction, args, message):

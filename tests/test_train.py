@@ -213,7 +213,10 @@ def test_min_size_and_postprocessing_params() -> None:
     with pytest.raises(ValueError, match="min_size must be >= 0"):
         min_size_voxels(-1, (5, 5))
     b = Best("binary.dice", 5, 0.9, 0.1, 0.6, 300.0)
-    assert b.postprocessing((10, 10)) == {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 3}
+    assert b.postprocessing((10, 10)) == {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 3,
+                                          "seed_dynamic": 0.0}
+    b = Best("binary.dice", 5, 0.9, 0.1, 0.6, 300.0, 8.0)
+    assert b.postprocessing((10, 10))["seed_dynamic"] == 8.0
 
 
 def test_criterion_value_reads_the_evaluate_dicts() -> None:
@@ -467,7 +470,9 @@ def test_kill_and_resume_equals_uninterrupted_run(
         "foreground_level": dice["foreground_level"],
         "seed_level": dice["seed_level"],
         "min_size": 0,
+        "seed_dynamic": 8.0,  # one voxel: the default sweep with the task's scale
     }
+    assert dice["seed_dynamic"] == 8.0
     assert best_dice.training_state is None
     primary = load_checkpoint(ckpts / "best.pt")
     assert primary.iteration == best_json["criteria"]["instances.f1_score@0.5"]["iteration"]
