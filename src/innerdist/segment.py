@@ -750,13 +750,11 @@ def _fragment_tops(
     relief: npt.NDArray[np.float64], labels: npt.NDArray[Any], n: int
 ) -> npt.NDArray[np.float64]:
     """Largest ``relief`` of each label ``1..n``."""
-    from scipy import ndimage
-
-    if n == 0:
-        return np.zeros(0, np.float64)
-    return np.asarray(
-        ndimage.maximum(relief, labels, index=np.arange(1, n + 1)), np.float64
-    ).reshape(n)
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    tops = np.full(n + 1, -np.inf, np.float64)
+    np.maximum.at(tops, flat[where].astype(np.intp), relief.reshape(-1)[where])
+    return tops[1:]
 
 
 def _first_voxels(labels: npt.NDArray[Any], n: int) -> npt.NDArray[np.int64]:
