@@ -226,7 +226,7 @@ def _hmaxima_regions(
 
 
 @numba.njit(cache=True)
-def _find(parent: npt.NDArray[np.int64], v: int) -> int:  # pragma: no cover - numba
+def _find(parent: npt.NDArray[np.int32], v: int) -> int:  # pragma: no cover - numba
     while parent[v] != v:
         parent[v] = parent[parent[v]]
         v = parent[v]
@@ -251,9 +251,9 @@ def _hmaxima(
     size = values.size
     # Roots are peaks: a new component's root is its first voxel, and merged roots point
     # to the surviving root.
-    parent = np.full(size, -1, np.int64)
+    parent = np.full(size, -1, np.int32)  # int32: at most _MAX_FLOOD_VOXELS voxels
     is_peak = np.zeros(size, np.bool_)
-    rank = np.zeros(size, np.int64)  # position in the total order
+    rank = np.zeros(size, np.int32)  # position in the total order
     dynamic = np.full(size, np.inf)  # of peaks; survivors get peak - floor below
     steps = (ny * nx, nx, 1)
     extent = (nz, ny, nx)
