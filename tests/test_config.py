@@ -222,6 +222,14 @@ def test_missing_section() -> None:
             "data.train.0.weight: Input should be greater than 0",
         ),
         (lambda d: d["data"].update(train=[]), "data.train: List should have at least 1"),
+        (
+            lambda d: d.update(validation={"seed_dynamics": [8, -1]}),
+            "validation.seed_dynamics: seed_dynamics must be numbers >= 0",
+        ),
+        (
+            lambda d: d.update(validation={"seed_dynamics": [8, 8]}),
+            "validation.seed_dynamics: seed_dynamics must be distinct",
+        ),
     ],
 )
 def test_bad_values_name_the_key(change: Any, expected: str) -> None:

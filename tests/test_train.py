@@ -259,6 +259,17 @@ def test_score_prediction_of_a_perfect_prediction() -> None:
     # Foreground 0.5 drops the outer ring: dice < 1, the same for both seed levels.
     assert rows[2]["binary.dice"] < 1.0
     assert rows[2]["binary.dice"] == rows[3]["binary.dice"]
+    assert {r["seed_dynamic"] for r in rows} == {0.0}  # no scale: level seeds only
+    # With the scale, the seed dynamics are swept too (default: one voxel); dynamic seeds
+    # find the squares whose prediction stays below 0.99.
+    dynamic = ValidationConfig(foreground_levels=[0.05], seed_levels=[0.99],
+                               seed_dynamics=[0.5, 1.0], criteria=["instances.f1_score@0.5"])
+    rows = score_prediction(pred, labels, (1, 1), dynamic, scale=2.0)
+    assert [(r["seed_dynamic"], r["instances.f1_score@0.5"]) for r in rows] == [
+        (0.5, 1.0), (1.0, 1.0)
+    ]
+    assert dynamic.seed_dynamics_for((40, 8, 8)) == [0.5, 1.0]
+    assert config.seed_dynamics_for((40, 8, 8)) == [8.0]
     # A mask hiding object 3 changes nothing for a perfect prediction.
     mask = np.ones((24, 24), bool)
     mask[12:, :] = False

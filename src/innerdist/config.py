@@ -389,8 +389,10 @@ class ValidationConfig(_Strict):
     """Post-processing sweep and model selection on the validation volumes.
 
     Every pair ``foreground_level < seed_level`` from the two lists is tried, with every
-    ``min_size``: instances are seeded where the prediction exceeds the seed level and
-    grown within the foreground level; objects smaller than ``min_size`` (world units:
+    ``min_size`` and every ``seed_dynamics`` value: instances are seeded where the
+    prediction exceeds the seed level, or (seed dynamic > 0, world units) at every maximum
+    of the inner distance rising that far above its saddles, and grown within the
+    foreground level; objects smaller than ``min_size`` (world units:
     nm^3 in 3-D, nm^2 in 2-D; one number, or a list to sweep) are dropped. ``binary.*``
     criteria score the thresholded foreground (``pred > foreground_level``). Each
     criterion is averaged over channels and validation volumes; the first criterion picks
