@@ -11,7 +11,14 @@ packings by default (``--fill``): sparse (12% of the volume: touching clusters s
 and dense (25%: the touching balls percolate into one component spanning the volume, which
 the exact path floods as a whole, so blockwise memory is no longer bounded by the blocks).
 
-"in memory" reads the whole prediction and runs :func:`innerdist.segment.instances`.
+Two seed kinds (``--seeds``): ``level`` (components above the seed level 0.8; a
+prediction without predictor attrs, as before dynamic seeds) and ``dynamic`` (the
+default for predictions with predictor attrs: h-maxima of the inner distance with a
+minimum dynamic of one voxel, 8 nm, the tanh scale 24 nm). ``--src`` runs the same
+measurement with another checkout's ``src`` (e.g. the code before dynamic seeds, level
+rows only) for a before/after table.
+
+"in memory" reads the whole prediction and runs :func:`innerdist.watershed.instances`.
 "blockwise" is :func:`innerdist.segment.segment_volume` end to end (all passes, zarr I/O,
 block tracking, worker start-up). Each runs in a fresh subprocess; its time is wall-clock.
 Memory, two ways: "peak MB" is how far the subprocess's own peak resident set grew beyond
@@ -41,6 +48,8 @@ import numpy as np
 
 VOXEL_SIZE = (8, 8, 8)
 SCALE_VOXELS = 3.0  # tanh scale of the synthetic prediction, voxels
+SCALE_NM = SCALE_VOXELS * VOXEL_SIZE[0]
+DYNAMIC_NM = float(min(VOXEL_SIZE))  # the default minimum dynamic: one voxel
 
 
 def make_prediction(size: int, fill: float, seed: int = 0) -> tuple[np.ndarray, int]:
@@ -112,29 +121,37 @@ def child(args: argparse.Namespace) -> None:
     from innerdist.volumes import open_volume
 
     work = Path(args.work)
-    pred_path = str(work / "bench.zarr" / "pred")
+    dynamic = args.seeds == "dynamic"
+    pred_path = str(work / "bench.zarr" / ("pred_dynamic" if dynamic else "pred"))
+    extra = {"seed_dynamic": DYNAMIC_NM, "scale": SCALE_NM} if dynamic else {}
     baseline = peak_mb()
     start = time.perf_counter()
     if args.child == "memory":
         array = open_volume(pred_path)
         pred = array[array.roi][0]
-        labels = instances(pred, foreground_level=0.05, seed_level=0.8)
+        labels = instances(pred, foreground_level=0.05, seed_level=0.8, **extra)
         seconds = time.perf_counter() - start
-        np.save(work / "memory.npy", labels)
+        np.save(work / f"memory-{args.seeds}.npy", labels)
     else:
-        segment_volume(pred_path, str(work / "bench.zarr" / f"seg{args.workers}"),
+        segment_volume(pred_path, str(work / "bench.zarr" / f"seg{args.workers}{args.seeds}"),
                        block_shape=(args.block,) * 3, num_workers=args.workers,
                        overwrite=True, progress=False)
         seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "peak_mb": peak_mb() - baseline}))
 
 
-def measure(script: str, work: Path, mode: str, block: int, workers: int) -> dict[str, Any]:
+def measure(script: str, work: Path, mode: str, block: int, workers: int, seeds: str,
+            src: str | None) -> dict[str, Any]:
+    import os
+
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         child = subprocess.Popen(
             [sys.executable, script, "--child", mode, "--work", str(work), "--block",
-             str(block), "--workers", str(workers)],
-            stdout=stdout, stderr=stderr, text=True,
+             str(block), "--workers", str(workers), "--seeds", seeds],
+            stdout=stdout, stderr=stderr, text=True, env=env,
         )
         tree_peak = 0.0
         while child.poll() is None:
@@ -162,12 +179,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--fill", type=float, nargs="+", default=[0.12, 0.25],
                         help="fractions of the volume covered by balls")
+    parser.add_argument("--seeds", nargs="+", default=["level", "dynamic"],
+                        choices=["level", "dynamic"], help="seed kinds to measure")
+    parser.add_argument("--src", help="PYTHONPATH of the code measured (default: this one)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/segment.json"))
     parser.add_argument("--child", choices=["memory", "blockwise"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         args.workers = args.workers[0]
+        args.seeds = args.seeds[0]
         child(args)
         return
     if args.quick:
@@ -190,19 +211,30 @@ def main() -> None:
                                   chunk_shape=(args.block,) * 3)
             array[roi] = pred[np.newaxis]
             mark_complete(array)
+            attrs = {"innerdist_predictor": {"channels": ["x"], "scale_factor": SCALE_NM,
+                                             "epsilon": 0.05, "threshold": 0.8}}
+            array = create_volume(work / "bench.zarr" / "pred_dynamic", roi=roi,
+                                  voxel_size=VOXEL_SIZE, dtype=np.float32, num_channels=1,
+                                  chunk_shape=(args.block,) * 3, attrs=attrs)
+            array[roi] = pred[np.newaxis]
+            mark_complete(array)
             del pred
-            rows.append({"fill": fill, "mode": "in memory", "workers": 1,
-                         **measure(script, work, "memory", args.block, 1)})
-            reference = np.load(work / "memory.npy")
-            for workers in args.workers:
-                row = {"fill": fill, "mode": "blockwise", "workers": workers,
-                       **measure(script, work, "blockwise", args.block, workers)}
-                out = open_volume(work / "bench.zarr" / f"seg{workers}")
-                got = out[out.roi][0]
-                row["identical_ids"] = bool(np.array_equal(got, reference))
-                row["bijection"] = is_bijection(got, reference)
-                rows.append(row)
-            scenes.append({"fill": fill, "balls": balls, "objects": int(reference.max())})
+            objects = {}
+            for seeds in args.seeds:
+                rows.append({"fill": fill, "seeds": seeds, "mode": "in memory", "workers": 1,
+                             **measure(script, work, "memory", args.block, 1, seeds, args.src)})
+                reference = np.load(work / f"memory-{seeds}.npy")
+                objects[seeds] = int(reference.max())
+                for workers in args.workers:
+                    row = {"fill": fill, "seeds": seeds, "mode": "blockwise", "workers": workers,
+                           **measure(script, work, "blockwise", args.block, workers, seeds,
+                                     args.src)}
+                    out = open_volume(work / "bench.zarr" / f"seg{workers}{seeds}")
+                    got = out[out.roi][0]
+                    row["identical_ids"] = bool(np.array_equal(got, reference))
+                    row["bijection"] = is_bijection(got, reference)
+                    rows.append(row)
+            scenes.append({"fill": fill, "balls": balls, "objects": objects})
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -212,11 +244,12 @@ def main() -> None:
     print(f"volume {args.size}^3 float32, blocks {args.block}^3; "
           + ", ".join(f"fill {s['fill']}: {s['balls']} balls -> {s['objects']} objects"
                       for s in scenes))
-    print(f"{'fill':>5} {'mode':<10} {'workers':>7} {'seconds':>8} {'Mvox/s':>7} "
+    print(f"{'fill':>5} {'seeds':<8} {'mode':<10} {'workers':>7} {'seconds':>8} {'Mvox/s':>7} "
           f"{'peak MB':>8} {'tree MB':>8} {'equal':>6}")
     for row in rows:
         equal = "-" if "identical_ids" not in row else str(row["identical_ids"])
-        print(f"{row['fill']:>5} {row['mode']:<10} {row['workers']:>7} {row['seconds']:>8.2f} "
+        print(f"{row['fill']:>5} {row['seeds']:<8} {row['mode']:<10} {row['workers']:>7} "
+              f"{row['seconds']:>8.2f} "
               f"{row['mvox_per_s']:>7.2f} {row['peak_mb']:>8.0f} "
               f"{row['tree_peak_mb']:>8.0f} {equal:>6}")
     result = {

@@ -65,6 +65,10 @@ def test_round_trip_keeps_everything(tmp_path: Path) -> None:
     assert loaded.normalization == {"min": 0.0, "max": 255.0, "dtype": "uint8"}
     assert loaded.iteration == 1200
     assert loaded.postprocessing == {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 20}
+    # the minimum seed dynamic (world units) is kept when given; older checkpoints lack it
+    dynamic = checkpoint(iteration=3, postprocessing={**POST, "seed_dynamic": 8})
+    again = load_checkpoint(save_checkpoint(tmp_path / "dynamic.pt", dynamic))
+    assert again.postprocessing == {**POST, "seed_dynamic": 8.0}
     assert set(loaded.weights) == set(ckpt.weights)
     for name, tensor in ckpt.weights.items():
         assert torch.equal(loaded.weights[name], tensor)
@@ -300,6 +304,9 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
         ({"postprocessing": [0.1, 0.5, 3]}, TypeError, "postprocessing must be a dict"),
         ({"postprocessing": {**POST, "min_size": -3}}, ValueError, "non-negative integer"),
         ({"postprocessing": {**POST, "seed_level": "high"}}, TypeError, "must be a number"),
+        ({"postprocessing": {**POST, "seed_dynamic": -8}}, ValueError, "seed_dynamic"),
+        ({"postprocessing": {**POST, "seed_dynamic": True}}, ValueError, "seed_dynamic"),
+        ({"postprocessing": {**POST, "seed": 1}}, ValueError, "exactly the keys"),
         ({"training_state": [1]}, TypeError, "training_state must be a dict"),
         ({"training_state": {"rng": np.zeros(3)}}, TypeError, r"training_state\['rng'\] is a "
                                                                "ndarray.*torch.from_numpy"),

@@ -248,6 +248,14 @@ def test_missing_section() -> None:
             lambda d: d["training"].update(max_minutes=0),
             "training.max_minutes: Input should be greater than 0",
         ),
+        (
+            lambda d: d.update(validation={"seed_dynamics": [8, -1]}),
+            "validation.seed_dynamics: seed_dynamics must be numbers >= 0",
+        ),
+        (
+            lambda d: d.update(validation={"seed_dynamics": [8, 8]}),
+            "validation.seed_dynamics: seed_dynamics must be distinct",
+        ),
     ],
 )
 def test_bad_values_name_the_key(change: Any, expected: str) -> None:

@@ -12,8 +12,8 @@ from funlib.persistence import prepare_ds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from labelgen import grown_cells, packed_balls
 from scipy import ndimage
-from skimage.segmentation import watershed
 from typer.testing import CliRunner
 
 import innerdist.segment as seg
@@ -23,7 +23,6 @@ from innerdist.segment import (
     ApproximateSeamsWarning,
     instances,
     segment_volume,
-    threshold_mask,
 )
 from innerdist.volumes import create_volume, is_complete, mark_complete, open_volume
 
@@ -123,166 +122,6 @@ def reference(pred, fg=0.05, seed=0.8, min_size_voxels=0):
         [instances(p, foreground_level=fg, seed_level=seed, min_size_voxels=min_size_voxels)
          for p in pred]
     )
-
-
-def slow_canonical(labels):
-    """Relabel 1..N in the raster order of first voxels, one label at a time."""
-    out = np.zeros(labels.shape, np.uint64)
-    flat = labels.ravel()
-    seen = {}
-    for v in flat:
-        if v and v not in seen:
-            seen[v] = len(seen) + 1
-    for old, new in seen.items():
-        out[labels == old] = new
-    return out
-
-
-# --- in memory ------------------------------------------------------------------------------
-
-
-def test_threshold_mask_hand_computed():
-    pred = np.array([[0.0, 0.05, 0.0501], [0.5, 0.99, np.nan]], np.float32)
-    got = threshold_mask(pred, 0.05)
-    np.testing.assert_array_equal(got, [[0, 0, 1], [1, 1, 0]])
-    assert got.dtype == np.uint8
-
-
-def test_instances_hand_computed_saddle_and_unseeded_region():
-    pred = np.array(
-        [[0.1, 0.5, 0.9, 0.95, 0.6, 0.3, 0.6, 0.85, 0.5, 0.02, 0.3, 0.6, 0.3]], np.float32
-    )
-    got = instances(pred, foreground_level=0.05, seed_level=0.8)
-    # The .3 saddle is claimed from the left: both .6 reach it, the left one was queued
-    # first (its seed .95 is deeper than .85). The last bump has no seed and stays 0.
-    np.testing.assert_array_equal(got, [[1, 1, 1, 1, 1, 1, 2, 2, 2, 0, 0, 0, 0]])
-    assert got.dtype == np.uint64
-
-
-def test_plateau_between_equal_seeds_is_split_deterministically():
-    # Equal seeds: the raster-first seed is flooded first, so it takes the middle voxel.
-    pred = np.array([[0.9, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9]], np.float32)
-    np.testing.assert_array_equal(
-        instances(pred, foreground_level=0.05, seed_level=0.8), [[1, 1, 1, 1, 2, 2, 2]]
-    )
-    pred = np.array([[0.9, 0.5, 0.5, 0.5, 0.5, 0.9]], np.float32)
-    np.testing.assert_array_equal(
-        instances(pred, foreground_level=0.05, seed_level=0.8), [[1, 1, 1, 2, 2, 2]]
-    )
-
-
-def test_seeds_are_face_connected_and_ids_follow_raster_order():
-    pred = np.zeros((5, 5), np.float32)
-    pred[1, 3] = pred[2, 2] = 0.9  # diagonal neighbours: two seeds, not one
-    pred[3, 0] = 0.95
-    got = instances(pred, foreground_level=0.05, seed_level=0.8)
-    np.testing.assert_array_equal(np.unique(got), [0, 1, 2, 3])
-    assert got[1, 3] == 1 and got[2, 2] == 2 and got[3, 0] == 3
-
-
-def test_min_size_voxels_removes_small_objects_and_keeps_ids_consecutive():
-    pred = np.zeros((1, 12), np.float32)
-    pred[0, 0:2] = 0.9  # 2 voxels
-    pred[0, 3:6] = 0.9  # 3 voxels
-    pred[0, 7:11] = 0.9  # 4 voxels
-    got = instances(pred, foreground_level=0.05, seed_level=0.8, min_size_voxels=3)
-    np.testing.assert_array_equal(got, [[0, 0, 0, 1, 1, 1, 0, 2, 2, 2, 2, 0]])
-    got = instances(pred, foreground_level=0.05, seed_level=0.8, min_size_voxels=3.5)
-    np.testing.assert_array_equal(got, [[0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0]])
-
-
-def test_skimage_orders_markers_by_their_value():
-    # What _flood relies on: skimage pops markers by their image value. (The development
-    # version gives every marker -inf; then this fails and the tie-breaking needs redoing.)
-    image = -np.array([[0.9, 0.5, 0.95]])
-    markers = np.array([[1, 0, 2]], np.int32)
-    np.testing.assert_array_equal(watershed(image, markers, mask=image < 0), [[1, 2, 2]])
-
-
-def test_plain_skimage_is_not_restriction_consistent_but_flood_is():
-    # Equal-valued markers every other voxel: skimage's heap pops them in an order that
-    # depends on the whole heap, so a sub-box disagrees with the whole row. _flood doesn't.
-    pred = np.full((1, 30), 0.5)
-    markers = np.zeros((1, 30), np.int32)
-    markers[0, ::2] = np.arange(1, 16)
-    pred[0, ::2] = 0.9
-    whole = watershed(-pred, markers, mask=pred > 0)
-    part = watershed(-pred[:, :9], markers[:, :9], mask=pred[:, :9] > 0)
-    assert not np.array_equal(whole[:, :8], part[:, :8])
-    whole = seg._flood(pred, markers, pred > 0)
-    part = seg._flood(pred[:, :9], markers[:, :9], pred[:, :9] > 0)
-    np.testing.assert_array_equal(whole[:, :8], part[:, :8])
-    np.testing.assert_array_equal(whole[0], np.repeat(np.arange(1, 16), 2))
-
-
-quantized = st.integers(2, 3).flatmap(
-    lambda dims: arrays(
-        np.float32,
-        st.tuples(*[st.integers(2, 9)] * dims),
-        elements=st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.9, 0.95]),
-    )
-)
-
-
-@settings(max_examples=60, deadline=None)
-@given(pred=quantized)
-def test_flooding_one_component_on_its_box_equals_flooding_everything(pred):
-    """The claim the blockwise exact path rests on, on inputs full of ties."""
-    seeds, _ = seg._components(pred > 0.8)
-    mask = pred > 0.05
-    whole = seg._flood(pred, seeds.astype(np.int32), mask)
-    comps, n = seg._components(mask)
-    for k, box in enumerate(ndimage.find_objects(comps), start=1):
-        alone = comps[box] == k
-        part = seg._flood(pred[box], np.where(alone, seeds[box], 0).astype(np.int32), alone)
-        np.testing.assert_array_equal(part[alone], whole[box][alone])
-
-
-@settings(max_examples=40, deadline=None)
-@given(
-    pred=arrays(np.float64, (7, 8), elements=st.floats(0, 1, exclude_max=True)),
-    levels=st.tuples(st.floats(0, 0.5), st.floats(0.5, 1, exclude_min=True)),
-)
-def test_instances_equal_plain_skimage_when_seeds_have_distinct_values(pred, levels):
-    fg, seed = levels
-    seeds = pred > seed
-    values = pred[seeds]
-    if len(np.unique(values)) != len(values):
-        return  # ties among seed voxels: skimage's own order is arbitrary there
-    markers, _ = seg._components(seeds)
-    want = slow_canonical(watershed(-pred, markers.astype(np.int32), mask=pred > fg))
-    np.testing.assert_array_equal(
-        instances(pred, foreground_level=fg, seed_level=seed), want
-    )
-
-
-@pytest.mark.parametrize(
-    ("call", "error", "message"),
-    [
-        (lambda: threshold_mask(np.zeros(3, np.float32), 1.5), ValueError, "in [0, 1]"),
-        (lambda: threshold_mask(np.zeros(3, np.float32), "a"), TypeError, "number"),
-        (lambda: threshold_mask(np.zeros(3, np.uint8), 0.5), TypeError, "float array"),
-        (lambda: instances(np.zeros(3, np.float32), foreground_level=0.1, seed_level=0.8),
-         ValueError, "2-D or 3-D"),
-        (lambda: instances(np.zeros((2, 2), int), foreground_level=0.1, seed_level=0.8),
-         TypeError, "dtype int64"),
-        (lambda: instances(np.zeros((2, 2)), foreground_level=0.8, seed_level=0.8),
-         ValueError, "below seed_level"),
-        (lambda: instances(np.zeros((2, 2)), foreground_level=-0.1, seed_level=0.8),
-         ValueError, "foreground_level must be in [0, 1]"),
-        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=1.2),
-         ValueError, "seed_level must be in [0, 1]"),
-        (lambda: instances(np.zeros((2, 2)), foreground_level=None, seed_level=0.8),
-         TypeError, "foreground_level must be a number"),
-        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
-                           min_size_voxels=-1), ValueError, "min_size_voxels"),
-        (lambda: instances(np.zeros((2, 2)), foreground_level=0.1, seed_level=0.8,
-                           min_size_voxels="3"), TypeError, "min_size_voxels"),
-    ],
-)
-def test_in_memory_errors(call, error, message):
-    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
-        call()
 
 
 # --- blockwise: equality with the in-memory reference -----------------------------------
@@ -421,7 +260,8 @@ def test_defaults_come_from_postprocessing_attrs(tmp_path):
     got = read(segment_volume(path, tmp_path / "p.zarr" / "a", **kwargs))
     assert_same(got, reference(pred, fg=0.3, seed=0.9, min_size_voxels=6))  # min_size: voxels
     assert open_volume(tmp_path / "p.zarr" / "a").attrs["innerdist_segmentation"] == {
-        "mode": "instances", "foreground_level": 0.3, "seed_level": 0.9, "min_size": 36.0,
+        "mode": "instances", "foreground_level": 0.3, "seed_level": 0.9, "seed_dynamic": 0.0,
+        "min_size": 36.0,
     }
     # Explicit arguments win over the attrs (min_size in nm^2 here).
     got = read(segment_volume(path, tmp_path / "p.zarr" / "b", seed_level=0.85, min_size=0,
@@ -431,6 +271,197 @@ def test_defaults_come_from_postprocessing_attrs(tmp_path):
     plain = write_prediction(tmp_path / "p.zarr" / "plain", pred)
     got = read(segment_volume(plain, tmp_path / "p.zarr" / "c", **kwargs))
     assert_same(got, reference(pred, fg=0.05, seed=0.8))
+
+
+# --- dynamic seeds: blockwise equals in memory ----------------------------------------------
+
+
+def predictor_attrs(scale, **more):
+    """The attrs ``predict`` and ``targets`` write: the predictor, whose scale turns the
+    prediction back into distances (and so switches on dynamic seeds by default)."""
+    predictor = {"channels": ["x"], "scale_factor": scale, "epsilon": 0.05, "threshold": 0.8}
+    return {"innerdist_predictor": predictor, **more}
+
+
+def dynamic_reference(pred, scale, h, fg=0.05, seed=0.8, min_size_voxels=0):
+    return np.stack(
+        [instances(p, foreground_level=fg, seed_level=seed, min_size_voxels=min_size_voxels,
+                   seed_dynamic=h, scale=scale) for p in pred]
+    )
+
+
+def f1_at_half(seg, labels):
+    from innerdist.evaluate import instance_scores
+
+    return instance_scores(seg, labels, iou_thresholds=[0.5])["matching"][0]["f1_score"]
+
+
+def exact_prediction(labels, voxel_size, scale):
+    from innerdist.inner_distance import InnerDistancePredictor
+
+    return InnerDistancePredictor(["x"], scale).process(labels, voxel_size, "tanh", scale)
+
+
+DYNAMIC_SCENES = {
+    "balls-2d": (lambda rng: packed_balls(rng, (96, 96), radii=(3, 20)), (8, 8)),
+    "cells-2d": (lambda rng: grown_cells(rng, (96, 96), radii=(3, 20)), (8, 8)),
+    "cells-3d": (lambda rng: grown_cells(rng, (36, 36, 36), radii=(3, 12)), (8, 8, 8)),
+    "balls-3d-aniso": (lambda rng: packed_balls(rng, (24, 40, 40), radii=(3, 12)), (40, 8, 8)),
+}
+
+
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("scene", "block", "noise"),
+    [("balls-2d", (17, 40), 0.15), ("cells-3d", (7, 20, 36), 0.15),
+     pytest.param("balls-2d", (17, 40), 0.0, marks=SLOW),
+     pytest.param("balls-3d-aniso", (8, 16, 16), 0.15, marks=SLOW),
+     pytest.param("balls-2d", (32, 32), 0.15, marks=SLOW),
+     pytest.param("cells-2d", (24, 24), 0.0, marks=SLOW),
+     pytest.param("cells-2d", (24, 24), 0.15, marks=SLOW),
+     pytest.param("cells-3d", (12, 12, 12), 0.0, marks=SLOW),
+     pytest.param("cells-3d", (12, 12, 12), 0.15, marks=SLOW),
+     pytest.param("balls-3d-aniso", (8, 16, 16), 0.0, marks=SLOW),
+     pytest.param("balls-3d-aniso", (24, 13, 9), 0.15, marks=SLOW)],
+)
+def test_blockwise_dynamic_seeds_equal_in_memory(tmp_path, scene, block, noise):
+    make, voxel_size = DYNAMIC_SCENES[scene]
+    labels = make(np.random.default_rng(3))
+    pred = exact_prediction(labels, voxel_size, 50.0)
+    if noise:
+        pred = noisy(pred, seed=4, amount=noise)
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred[None], voxel_size=voxel_size,
+                            attrs=predictor_attrs(50.0))
+    out = segment_volume(path, tmp_path / "s.zarr" / "seg", block_shape=block, progress=False)
+    # default: dynamic seeds of one voxel (the finest axis), the scale from the attrs
+    assert open_volume(out).attrs["innerdist_segmentation"]["seed_dynamic"] == 8.0
+    want = dynamic_reference(pred[None], 50.0, 8.0)
+    assert_same(read(out), want)
+    if not noise:
+        assert f1_at_half(want[0], labels) == 1.0  # exact targets: every object back
+
+
+def test_dynamic_seeds_split_objects_that_level_seeds_merge(tmp_path):
+    labels = packed_balls(np.random.default_rng(5), (96, 96), radii=(3, 20))
+    pred = exact_prediction(labels, (8, 8), 50.0)
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred[None], voxel_size=(8, 8),
+                            attrs=predictor_attrs(50.0))
+    level = read(segment_volume(path, tmp_path / "s.zarr" / "level", seed_dynamic=0,
+                                block_shape=(32, 32), progress=False))
+    assert_same(level, reference(pred[None]))
+    assert level.max() < labels.max()  # small objects lost or merged
+    dynamic = read(segment_volume(path, tmp_path / "s.zarr" / "dyn", seed_dynamic=8,
+                                  block_shape=(32, 32), progress=False))
+    assert f1_at_half(dynamic[0], labels) == 1.0
+
+
+def test_dynamic_seeds_on_quantized_ties_and_two_channels(tmp_path):
+    # uint8 quantisation makes plateaus and equal peaks everywhere; two channels differ.
+    a = noisy(scene_3d(), seed=1)
+    b = noisy(scene_3d()[::-1].copy(), seed=2)
+    stored = np.round(np.stack([a, b]) * 255).astype(np.uint8)
+    attrs = predictor_attrs(2.0, innerdist_quantization={"scale": 1 / 255, "offset": 0.0})
+    path = write_prediction(tmp_path / "p.zarr" / "pred", stored, attrs=attrs)
+    values = stored.astype(np.float32) * np.float32(1 / 255)
+    for block in [(8, 8, 8), (5, 24, 11)]:
+        out = segment_volume(path, tmp_path / "s.zarr" / f"seg{block[0]}", block_shape=block,
+                             seed_dynamic=0.3, progress=False)
+        assert_same(read(out), dynamic_reference(values, 2.0, 0.3))
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    pred=arrays(np.float32, (12, 13), elements=st.sampled_from([0.0, 0.3, 0.6, 0.9, 0.95])),
+    block=st.tuples(st.integers(2, 6), st.integers(2, 6)),
+    h=st.sampled_from([0.1, 0.4, 1.0]),
+)
+def test_random_blockwise_dynamic_seeds_equal_in_memory(tmp_path_factory, pred, block, h):
+    tmp = tmp_path_factory.mktemp("random-dynamic")
+    path = write_prediction(tmp / "p.zarr" / "pred", pred[None], attrs=predictor_attrs(1.0))
+    got = read(segment_volume(path, tmp / "p.zarr" / "seg", block_shape=block, seed_dynamic=h,
+                              progress=False))
+    assert_same(got, dynamic_reference(pred[None], 1.0, h))
+
+
+@SLOW
+def test_dynamic_seeds_with_two_workers(tmp_path):
+    pred = noisy(scene_3d(), seed=12)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=(2, 1, 1),
+                            attrs=predictor_attrs(3.0))
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", block_shape=(12, 12, 12),
+                              num_workers=2, progress=False))
+    assert_same(got, dynamic_reference(pred, 3.0, 1.0))
+
+
+def test_dynamic_seeds_with_min_size_and_the_fallback(tmp_path):
+    pred = noisy(scene_3d(), seed=12)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, voxel_size=(2, 1, 1),
+                            attrs=predictor_attrs(3.0))
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", block_shape=(12, 12, 12),
+                              min_size=40, progress=False))
+    assert_same(got, dynamic_reference(pred, 3.0, 1.0, min_size_voxels=20))
+    with pytest.warns(ApproximateSeamsWarning):
+        out = segment_volume(path, tmp_path / "p.zarr" / "b", block_shape=(12, 12, 12),
+                             max_watershed_voxels=8, fallback_context=(24, 24, 24),
+                             progress=False)
+    assert_same(read(out), dynamic_reference(pred, 3.0, 1.0))
+    with pytest.warns(ApproximateSeamsWarning):
+        out = segment_volume(path, tmp_path / "p.zarr" / "c", block_shape=(8, 8, 8),
+                             max_watershed_voxels=8, fallback_context=(1, 1, 1),
+                             progress=False)
+    assert ((read(out)[0] != 0) <= (pred[0] > 0.05)).all()  # approximate, but valid
+
+
+def test_seed_dynamic_from_postprocessing_attrs_and_level_seeds_without_a_scale(tmp_path):
+    pred = noisy(scene_2d(), seed=3)[None]
+    attrs = predictor_attrs(1.5, innerdist_postprocessing={
+        "foreground_level": 0.1, "seed_level": 0.9, "seed_dynamic": 0.5, "min_size": 0})
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred, attrs=attrs)
+    got = read(segment_volume(path, tmp_path / "p.zarr" / "a", block_shape=(16, 16),
+                              progress=False))
+    assert_same(got, dynamic_reference(pred, 1.5, 0.5, fg=0.1, seed=0.9))
+    # no predictor attrs: the scale is unknown, so level seeds (as before dynamic seeds)
+    plain = write_prediction(tmp_path / "p.zarr" / "plain", pred)
+    out = segment_volume(plain, tmp_path / "p.zarr" / "b", block_shape=(16, 16), progress=False)
+    assert open_volume(out).attrs["innerdist_segmentation"]["seed_dynamic"] == 0.0
+    assert_same(read(out), reference(pred))
+
+
+# --- the perfect-information round trip -------------------------------------------------------
+
+
+ROUND_TRIPS = [
+    ("cells", (128, 128), (8, 8), (3, 30)),
+    ("cells", (24, 48, 48), (40, 8, 8), (3, 12)),
+    pytest.param("balls", (160, 160), (8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (40, 40, 40), (8, 8, 8), (3, 12), marks=SLOW),
+    pytest.param("balls", (384, 384), (8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (384, 384), (8, 8), (3, 30), marks=SLOW),
+    pytest.param("balls", (112, 112, 112), (8, 8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (112, 112, 112), (8, 8, 8), (3, 30), marks=SLOW),
+    pytest.param("balls", (64, 144, 144), (40, 8, 8), (3, 30), marks=SLOW),
+    pytest.param("cells", (64, 144, 144), (40, 8, 8), (3, 30), marks=SLOW),
+]
+
+
+@pytest.mark.parametrize(("kind", "shape", "voxel_size", "radii"), ROUND_TRIPS)
+def test_round_trip_with_default_settings(tmp_path, kind, shape, voxel_size, radii):
+    """labels -> exact targets -> segment_volume with defaults: every object comes back
+    (F1@0.5 >= 0.99), the goal for touching objects of radii 3..30 voxels."""
+    from innerdist.targets import compute_targets
+
+    make = {"balls": packed_balls, "cells": grown_cells}[kind]
+    labels = make(np.random.default_rng(11), shape, radii=radii)
+    path = write_prediction(tmp_path / "l.zarr" / "labels", labels[None].astype(np.uint32),
+                            voxel_size=voxel_size)
+    compute_targets(path, tmp_path / "l.zarr" / "pred", scale_factor=50, progress=False)
+    out = segment_volume(tmp_path / "l.zarr" / "pred", tmp_path / "l.zarr" / "seg",
+                         progress=False)
+    assert open_volume(out).attrs["innerdist_segmentation"]["seed_dynamic"] == min(voxel_size)
+    assert labels.max() > 10
+    assert f1_at_half(read(out)[0], labels) >= 0.99
 
 
 # --- resuming ---------------------------------------------------------------------------------
@@ -590,6 +621,12 @@ def make_bad_input(tmp_path, kind):
     elif kind == "no channels":
         prepare_ds(path, shape=(0, 40, 40), axis_names=["c^", "y", "x"], dtype=np.float32,
                    mode="w")
+    elif kind == "bad tuned seed_dynamic":
+        write_prediction(path, pred, attrs={"innerdist_postprocessing": {"seed_dynamic": -1}})
+    elif kind == "bad predictor scale":
+        write_prediction(path, pred, attrs={"innerdist_predictor": {"scale_factor": 0}})
+    elif kind == "predictor without scale":
+        write_prediction(path, pred, attrs={"innerdist_predictor": ["x"]})
     elif kind == "bad tuned level":
         write_prediction(path, pred, attrs={"innerdist_postprocessing": {"seed_level": 3}})
     return str(path)
@@ -611,6 +648,9 @@ def make_bad_input(tmp_path, kind):
         ("non-finite mapping", ValueError, r"\['scale'\] .* must be finite"),
         ("bad tuned min_size", ValueError, "min_size"),
         ("no channels", ValueError, "has no channels"),
+        ("bad tuned seed_dynamic", ValueError, r"\['seed_dynamic'\] .* finite number >= 0"),
+        ("bad predictor scale", ValueError, "must hold a 'scale_factor' > 0"),
+        ("predictor without scale", ValueError, "must hold a 'scale_factor' > 0"),
     ],
 )
 def test_bad_inputs_are_refused(tmp_path, kind, error, message):
@@ -629,6 +669,10 @@ def test_bad_inputs_are_refused(tmp_path, kind, error, message):
         (dict(foreground_level="low"), TypeError, "must be a number"),
         (dict(min_size=-4), ValueError, "min_size"),
         (dict(mode="threshold", seed_level=0.5), ValueError, "instances' only"),
+        (dict(mode="threshold", seed_dynamic=1), ValueError, "instances' only"),
+        (dict(seed_dynamic=1), ValueError, "needs the prediction's tanh scale"),
+        (dict(seed_dynamic=-1), ValueError, "seed_dynamic must be a finite number"),
+        (dict(seed_dynamic="1"), TypeError, "seed_dynamic must be a number"),
         (dict(block_shape=(8,)), ValueError, "block_shape must be 2"),
         (dict(block_shape=(8, 0)), ValueError, "block_shape"),
         (dict(num_workers=0), ValueError, "num_workers"),
@@ -642,10 +686,6 @@ def test_bad_arguments_are_refused(tmp_path, prediction, kwargs, error, message)
 
 
 def test_too_many_voxels_or_blocks_for_the_id_layout(tmp_path, prediction, monkeypatch):
-    with monkeypatch.context() as m:
-        m.setattr(seg, "_MAX_FLOOD_VOXELS", 100)
-        with pytest.raises(ValueError, match="has 1600 voxels, more than the 100"):
-            instances(scene_2d(), foreground_level=0.05, seed_level=0.8)
     monkeypatch.setattr(seg, "_LOCAL_BITS", 6)  # ids with 6 bits per part: 64 blocks at most
     with pytest.raises(ValueError, match="2\\*\\*32 blocks or more"):
         segment_volume(prediction, tmp_path / "o.zarr" / "s", block_shape=(4, 4))
@@ -687,6 +727,12 @@ def test_cli_segment(tmp_path, prediction):
                                       "--mode", "threshold", "--foreground-level", "0.5"])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(read(tmp_path / "p.zarr" / "m"), scene_2d()[None] > 0.5)
+    scaled = write_prediction(tmp_path / "p.zarr" / "scaled", scene_2d()[None],
+                              attrs=predictor_attrs(1.5))
+    result = CliRunner().invoke(app, ["segment", scaled, str(tmp_path / "p.zarr" / "d"),
+                                      "--seed-dynamic", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert_same(read(tmp_path / "p.zarr" / "d"), dynamic_reference(scene_2d()[None], 1.5, 0.4))
 
 
 @pytest.mark.parametrize(
@@ -700,6 +746,8 @@ def test_cli_segment(tmp_path, prediction):
         (["{pred}", "{tmp}/p.zarr/existing"], "already exists and was not written by an "
          "innerdist job"),
         (["{tmp}/incomplete.zarr/pred", "{tmp}/o.zarr/s"], "is incomplete"),
+        (["{pred}", "{tmp}/o.zarr/s", "--seed-dynamic", "8"], "needs the prediction's tanh"),
+        (["{pred}", "{tmp}/o.zarr/s", "--seed-dynamic", "-1"], "seed_dynamic must be"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, prediction, args, message):

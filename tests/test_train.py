@@ -213,7 +213,10 @@ def test_min_size_and_postprocessing_params() -> None:
     with pytest.raises(ValueError, match="min_size must be >= 0"):
         min_size_voxels(-1, (5, 5))
     b = Best("binary.dice", 5, 0.9, 0.1, 0.6, 300.0)
-    assert b.postprocessing((10, 10)) == {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 3}
+    assert b.postprocessing((10, 10)) == {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 3,
+                                          "seed_dynamic": 0.0}
+    b = Best("binary.dice", 5, 0.9, 0.1, 0.6, 300.0, 8.0)
+    assert b.postprocessing((10, 10))["seed_dynamic"] == 8.0
 
 
 def test_criterion_value_reads_the_evaluate_dicts() -> None:
@@ -256,6 +259,17 @@ def test_score_prediction_of_a_perfect_prediction() -> None:
     # Foreground 0.5 drops the outer ring: dice < 1, the same for both seed levels.
     assert rows[2]["binary.dice"] < 1.0
     assert rows[2]["binary.dice"] == rows[3]["binary.dice"]
+    assert {r["seed_dynamic"] for r in rows} == {0.0}  # no scale: level seeds only
+    # With the scale, the seed dynamics are swept too (default: one voxel); dynamic seeds
+    # find the squares whose prediction stays below 0.99.
+    dynamic = ValidationConfig(foreground_levels=[0.05], seed_levels=[0.99],
+                               seed_dynamics=[0.5, 1.0], criteria=["instances.f1_score@0.5"])
+    rows = score_prediction(pred, labels, (1, 1), dynamic, scale=2.0)
+    assert [(r["seed_dynamic"], r["instances.f1_score@0.5"]) for r in rows] == [
+        (0.5, 1.0), (1.0, 1.0)
+    ]
+    assert dynamic.seed_dynamics_for((40, 8, 8)) == [0.5, 1.0]
+    assert config.seed_dynamics_for((40, 8, 8)) == [8.0]
     # A mask hiding object 3 changes nothing for a perfect prediction.
     mask = np.ones((24, 24), bool)
     mask[12:, :] = False
@@ -467,7 +481,9 @@ def test_kill_and_resume_equals_uninterrupted_run(
         "foreground_level": dice["foreground_level"],
         "seed_level": dice["seed_level"],
         "min_size": 0,
+        "seed_dynamic": 8.0,  # one voxel: the default sweep with the task's scale
     }
+    assert dice["seed_dynamic"] == 8.0
     assert best_dice.training_state is None
     primary = load_checkpoint(ckpts / "best.pt")
     assert primary.iteration == best_json["criteria"]["instances.f1_score@0.5"]["iteration"]

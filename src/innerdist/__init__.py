@@ -33,8 +33,8 @@ _EXPORTS = {
     "save_checkpoint": "innerdist.checkpoint",
     "predict_array": "innerdist.predict",
     "predict_volume": "innerdist.predict",
-    "instances": "innerdist.segment",
-    "threshold_mask": "innerdist.segment",
+    "instances": "innerdist.watershed",
+    "threshold_mask": "innerdist.watershed",
     "segment_volume": "innerdist.segment",
     "evaluate_volumes": "innerdist.evaluate",
     "binary_scores": "innerdist.evaluate",
@@ -101,10 +101,11 @@ if TYPE_CHECKING:
     from innerdist.predict import predict_array, predict_volume
     from innerdist.predictor import Predictor
     from innerdist.pyramid import write_pyramid
-    from innerdist.segment import instances, segment_volume, threshold_mask
+    from innerdist.segment import segment_volume
     from innerdist.targets import compute_targets
     from innerdist.train import train
     from innerdist.volumes import create_volume, open_volume
+    from innerdist.watershed import instances, threshold_mask
     from innerdist.weights import balance_weights
 
 

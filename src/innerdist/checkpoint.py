@@ -12,7 +12,8 @@ contents::
     voxel_size                of the training raw, world units (e.g. nm), one per axis
     normalization             {"min": a, "max": b, "dtype": "uint8", ...}, see below
     iteration                 training iterations done
-    postprocessing            None or {"foreground_level", "seed_level", "min_size"}
+    postprocessing            None or {"foreground_level", "seed_level", "min_size"}, and
+                              optionally "seed_dynamic" (world units)
     training_state            None or a dict (optimizer, scheduler, RNG states) for resuming
 
 Intensity normalisation is linear and defined in raw units: ``x -> (x - min) / (max - min)``,
@@ -26,6 +27,7 @@ the dtype's full range.
 from __future__ import annotations
 
 import hashlib
+import math
 import numbers
 import os
 import pickle
@@ -78,10 +80,10 @@ def _check_postprocessing(value: Any) -> dict[str, float | int] | None:
         return None
     if not isinstance(value, Mapping):
         raise TypeError(f"postprocessing must be a dict or None, got {type(value).__name__}")
-    if set(value) != set(POSTPROCESSING_KEYS):
+    if not set(POSTPROCESSING_KEYS) <= set(value) <= {*POSTPROCESSING_KEYS, "seed_dynamic"}:
         raise ValueError(
-            f"postprocessing must have exactly the keys {list(POSTPROCESSING_KEYS)}, "
-            f"got {sorted(value)}"
+            f"postprocessing must have exactly the keys {list(POSTPROCESSING_KEYS)} (and "
+            f"optionally 'seed_dynamic'), got {sorted(value)}"
         )
     result: dict[str, float | int] = {}
     for key in ("foreground_level", "seed_level"):
@@ -95,6 +97,18 @@ def _check_postprocessing(value: Any) -> dict[str, float | int] | None:
             f"postprocessing['min_size'] must be a non-negative integer (voxels), got {min_size!r}"
         )
     result["min_size"] = int(min_size)
+    if "seed_dynamic" in value:  # world units; checkpoints before dynamic seeds lack it
+        dynamic = value["seed_dynamic"]
+        if (
+            isinstance(dynamic, bool)
+            or not isinstance(dynamic, numbers.Real)
+            or not (math.isfinite(float(dynamic)) and float(dynamic) >= 0)
+        ):
+            raise ValueError(
+                f"postprocessing['seed_dynamic'] must be a number >= 0 (world units), "
+                f"got {dynamic!r}"
+            )
+        result["seed_dynamic"] = float(dynamic)
     return result
 
 

@@ -440,7 +440,17 @@ def segment(
     seed_level: Annotated[
         float | None,
         typer.Option(
-            help="Seeds where the prediction exceeds it (default: tuned value, else 0.8)."
+            help="Seeds where the prediction exceeds it; with dynamic seeds, the level above "
+            "which the prediction counts as one plateau (default: tuned value, else 0.8)."
+        ),
+    ] = None,
+    seed_dynamic: Annotated[
+        float | None,
+        typer.Option(
+            help="Dynamic seeds: every maximum of the inner distance rising at least this "
+            "far (nm) above its saddles is a seed, whatever the object's size; 0: seeds "
+            "above --seed-level only (default: tuned value, else one voxel when the "
+            "prediction records its tanh scale, else 0).",
         ),
     ] = None,
     min_size: Annotated[
@@ -491,6 +501,7 @@ def segment(
         mode=mode,
         foreground_level=foreground_level,
         seed_level=seed_level,
+        seed_dynamic=seed_dynamic,
         min_size=min_size,
         block_shape=_parse_shape(block_shape),
         num_workers=workers,

@@ -33,6 +33,7 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -431,8 +432,10 @@ class ValidationConfig(_Strict):
     """Post-processing sweep and model selection on the validation volumes.
 
     Every pair ``foreground_level < seed_level`` from the two lists is tried, with every
-    ``min_size``: instances are seeded where the prediction exceeds the seed level and
-    grown within the foreground level; objects smaller than ``min_size`` (world units:
+    ``min_size`` and every ``seed_dynamics`` value: instances are seeded where the
+    prediction exceeds the seed level, or (seed dynamic > 0, world units) at every maximum
+    of the inner distance rising that far above its saddles, and grown within the
+    foreground level; objects smaller than ``min_size`` (world units:
     nm^3 in 3-D, nm^2 in 2-D; one number, or a list to sweep) are dropped. ``binary.*``
     criteria score the thresholded foreground (``pred > foreground_level``). Each
     criterion is averaged over channels and validation volumes; the first criterion picks
@@ -441,6 +444,9 @@ class ValidationConfig(_Strict):
 
     foreground_levels: list[float] = Field(default=[0.05, 0.1, 0.2], min_length=1)
     seed_levels: list[float] = Field(default=[0.4, 0.6, 0.8], min_length=1)
+    #: Minimum dynamics of the seeds to sweep, world units (0: level seeds only); default
+    #: one voxel of the finest axis (see :mod:`innerdist.watershed`).
+    seed_dynamics: list[float] | None = Field(default=None, min_length=1)
     min_size: float | list[float] = Field(default=0.0)
     criteria: list[str] = Field(default=["instances.f1_score@0.5"], min_length=1)
 
@@ -456,6 +462,19 @@ class ValidationConfig(_Strict):
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"min_size values must be distinct, got {value}")
         return value
+
+    @field_validator("seed_dynamics")
+    @classmethod
+    def _dynamics(cls, values: list[float] | None) -> list[float] | None:
+        if values is None:
+            return None
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(
+                f"seed_dynamics must be numbers >= 0 (world units, 0: level seeds), got {values}"
+            )
+        if len(set(values)) != len(values):
+            raise ValueError(f"seed_dynamics must be distinct, got {values}")
+        return values
 
     @field_validator("foreground_levels", "seed_levels")
     @classmethod
@@ -489,6 +508,13 @@ class ValidationConfig(_Strict):
         return [
             (f, s) for f in self.foreground_levels for s in self.seed_levels if f < s
         ]
+
+    def seed_dynamics_for(self, voxel_size: Sequence[float]) -> list[float]:
+        """The swept seed dynamics (world units): ``seed_dynamics``, or one voxel of the
+        finest axis of ``voxel_size``."""
+        if self.seed_dynamics is not None:
+            return list(self.seed_dynamics)
+        return [float(min(voxel_size))]
 
     @property
     def min_sizes(self) -> list[float]:

@@ -1,46 +1,35 @@
-"""Segmenting inner-distance predictions: binary masks and seam-free instances, blockwise.
+"""Segmenting inner-distance predictions blockwise: binary masks and seam-free instances.
 
-A prediction holds, per channel, the tanh-normalised distance of every voxel to its object's
-boundary: 0 in background, close to 1 deep inside objects. Two segmentations are made from it:
+The in-memory algorithm (seeds, the watershed and its tie rule) lives in
+:mod:`innerdist.watershed`; this module reads prediction volumes (quantisation, tuned
+post-processing attrs) and computes the same segmentation blockwise on volumes larger
+than memory, resumably:
 
-- **masks**: ``pred > foreground_level`` (:func:`threshold_mask`);
-- **instances** (:func:`instances`): *seeds* are the face-connected components of
-  ``pred > seed_level``; they are grown by a seeded watershed on ``-pred`` over the
-  *foreground* ``pred > foreground_level``; objects smaller than ``min_size`` are removed.
-  Foreground without a seed stays 0. Ids are consecutive from 1 in the raster order of each
-  object's first voxel, so that every way of computing the same segmentation gives the same
-  ids::
+- **masks**: ``pred > foreground_level`` (:func:`threshold_mask`), block by block;
+- **instances**: :func:`segment_volume` gives *exactly* :func:`instances` of each whole
+  channel (same ids). That rests on the tie rule's restriction consistency: a foreground
+  component segmented on its own bounding box, everything else masked out, comes out as
+  in the whole volume. Level seeds are local (a threshold); dynamic seeds (h-maxima) are
+  not, since a saddle can lie anywhere in the component, so they are computed on whole
+  components too, in the grow step. No context bound is needed::
 
-      pred        .1 .5 .9 .95 .6 .3 .6 .85 .5 .02     foreground_level .05
-      foreground   x  x  x  x   x  x  x  x   x  .       seed_level       .8
-      seeds              1  1              2
-      instances    1  1  1  1   1  1  2  2   2  0       the .3 goes to 1: both .6 reach it,
-                                                        the left one entered the queue first
-
-Watershed ties are broken deterministically. skimage's watershed pops voxels by
-``(value, time of entry)``, but all markers enter at time 0, so markers of equal value
-leave the queue in an order that depends on the whole heap. Here marker voxels are given
-distinct keys below every non-marker value, ranked by ``-pred`` and then by raster position
-(:func:`_flood`). Every tie then resolves the same way whether a component is flooded
-alone or together with the rest of the volume, and that is what makes the blockwise
-result exact.
-
-:func:`segment_volume` computes both blockwise on volumes larger than memory, resumably,
-and gives *exactly* the in-memory result (same ids) for instances::
-
-    A  fragments   per block: components of pred > seed_level (seeds) and of
-                   pred > foreground_level (fragments), ids block * 2**32 + local id,
-                   written to <out>__seeds / <out>__fragments; per-fragment voxel count,
-                   first voxel and bounding box
+    A  fragments   per block: components of pred > foreground_level (fragments) and
+                   seeds: the components of pred > seed_level (level seeds) or the
+                   plateaus of candidate peaks (dynamic seeds; one voxel of context),
+                   ids block * 2**32 + local id, written to <out>__seeds /
+                   <out>__fragments; per fragment: voxel count, first voxel, bounding
+                   box (and, for dynamic seeds, the top of its relief)
     B  faces       per block: pairs of ids that touch across its upper faces
     merge          union-find over the pairs -> whole-volume components (exactly those
                    of the in-memory version); per foreground component: its seeds, size,
                    first voxel, bounding box
     grow           0 seeds: background.  1 seed: the whole component is that object
-                   (the watershed floods every connected foreground voxel).  >= 2 seeds:
-                   the watershed on the component's bounding box with the mask
-                   "component == id", written to <out>__grown; exact because the flood
-                   of one component never sees another one (see above).
+                   (the watershed floods every connected foreground voxel; a single
+                   candidate plateau is a single peak, an object when it rises
+                   seed_dynamic above the foreground level).  >= 2 seeds: the dynamic
+                   seeds (or the level seeds) and the watershed on the component's
+                   bounding box with the mask "component == id", written to
+                   <out>__grown; exact because neither ever sees another component.
                    Components whose box exceeds ``max_watershed_voxels`` fall back to a
                    per-block watershed with context: approximate at block seams, with an
                    ApproximateSeamsWarning.
@@ -49,7 +38,7 @@ and gives *exactly* the in-memory result (same ids) for instances::
 
 All volume coordinates are voxels relative to the prediction's ROI unless named ``*_roi``
 (world units, e.g. nm). ``min_size`` is in world units (nm^3 in 3-D, nm^2 in 2-D);
-``min_size_voxels`` in voxels.
+``min_size_voxels`` in voxels; ``seed_dynamic`` is a distance in world units.
 """
 
 from __future__ import annotations
@@ -70,13 +59,35 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cc3d
 import numpy as np
 import numpy.typing as npt
 from funlib.geometry import Coordinate, Roi
 
-from innerdist.attrs import POSTPROCESSING_ATTR, QUANTIZATION_ATTR, SEGMENTATION_ATTR
+from innerdist.attrs import (
+    POSTPROCESSING_ATTR,
+    PREDICTOR_ATTR,
+    QUANTIZATION_ATTR,
+    SEGMENTATION_ATTR,
+)
 from innerdist.units import world_unit
+from innerdist.watershed import (
+    _INT64_MAX,
+    _MAX_FLOOD_VOXELS,
+    DEFAULT_FOREGROUND_LEVEL,
+    DEFAULT_SEED_LEVEL,
+    _check_level,
+    _check_levels,
+    _check_min_size,
+    _components,
+    _consecutive_ids,
+    _flood,
+    _hmaxima_regions,
+    candidate_peaks,
+    check_seed_dynamic,
+    instances,
+    seed_relief,
+    threshold_mask,
+)
 
 if TYPE_CHECKING:
     # Not imported at run time: workers open zarr directly, and funlib.persistence (with
@@ -97,10 +108,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The predictor's ``epsilon``: below it the target is background.
-DEFAULT_FOREGROUND_LEVEL = 0.05
-#: The predictor's ``threshold``: above it a voxel is deep inside an object.
-DEFAULT_SEED_LEVEL = 0.8
 #: Largest bounding box (voxels) of a multi-seed component flooded as a whole (~1 GB RAM).
 DEFAULT_MAX_WATERSHED_VOXELS = 2**24
 
@@ -108,174 +115,11 @@ _LOCAL_BITS = 32
 _LOCAL_MASK = np.uint64(2**_LOCAL_BITS - 1)
 # Stands for "look the id up in <out>__grown" in the fragment -> object table.
 _GROWN = np.uint64(2**64 - 1)
-_INT64_MAX = np.iinfo(np.int64).max
-# skimage's heap stores entry times as int32.
-_MAX_FLOOD_VOXELS = 2**31 - 1
 
 
 class ApproximateSeamsWarning(UserWarning):
     """Some components were too large to flood as a whole; their split is approximate at
     block seams (see ``max_watershed_voxels``)."""
-
-
-# --- in memory ------------------------------------------------------------------------------
-
-
-def threshold_mask(pred: npt.ArrayLike, level: float) -> npt.NDArray[np.uint8]:
-    """``1`` where ``pred > level``, else ``0`` (uint8, same shape as ``pred``).
-
-    >>> threshold_mask(np.array([0.0, 0.05, 0.5, 0.9], np.float32), 0.05)
-    array([0, 0, 1, 1], dtype=uint8)
-    """
-    values = _check_prediction(pred, spatial=False)
-    _check_level("level", level)
-    return (values > level).astype(np.uint8)
-
-
-def instances(
-    pred: npt.ArrayLike,
-    *,
-    foreground_level: float,
-    seed_level: float,
-    min_size_voxels: float = 0,
-) -> npt.NDArray[np.uint64]:
-    """Instance labels (uint64) of one channel of a prediction held in memory.
-
-    ``pred`` is a 2-D or 3-D float array (no channel axis). Seeds are the face-connected
-    components of ``pred > seed_level``; each grows over the face-connected foreground
-    ``pred > foreground_level`` by a watershed on ``-pred`` (the deepest voxels claim their
-    neighbours first). Foreground that no seed reaches stays 0; objects with fewer than
-    ``min_size_voxels`` voxels are set to 0. Ids are ``1..N`` in the raster order of the
-    objects' first voxels. Ties are broken deterministically (see the module docstring), so
-    that :func:`segment_volume` reproduces this result exactly.
-
-    >>> pred = np.array([[0.1, 0.5, 0.9, 0.95, 0.6, 0.3, 0.6, 0.85, 0.5, 0.02]], np.float32)
-    >>> instances(pred, foreground_level=0.05, seed_level=0.8)
-    array([[1, 1, 1, 1, 1, 1, 2, 2, 2, 0]], dtype=uint64)
-    """
-    values = _check_prediction(pred, spatial=True)
-    fg, seed = _check_levels(foreground_level, seed_level)
-    min_size_voxels = _check_min_size("min_size_voxels", min_size_voxels)
-    if values.size > _MAX_FLOOD_VOXELS:
-        raise ValueError(
-            f"prediction of shape {values.shape} has {values.size} voxels, more than the "
-            f"{_MAX_FLOOD_VOXELS} one in-memory watershed can handle; use segment_volume"
-        )
-    seeds, n = _components(values > seed)
-    if n == 0:
-        return np.zeros(values.shape, np.uint64)
-    labels = _flood(values, seeds.astype(np.int32), values > fg)
-    flat = labels.reshape(-1)
-    where = np.flatnonzero(flat)
-    ids = flat[where].astype(np.intp)
-    sizes = np.bincount(ids, minlength=n + 1).astype(np.int64)
-    first = np.full(n + 1, _INT64_MAX, np.int64)
-    np.minimum.at(first, ids, where)
-    lut = np.zeros(n + 1, np.uint64)
-    lut[1:] = _consecutive_ids(sizes[1:], first[1:], np.zeros(n, np.int64), min_size_voxels)
-    return lut[labels]
-
-
-def _consecutive_ids(
-    sizes: npt.NDArray[np.int64],
-    first: npt.NDArray[np.int64],
-    channel: npt.NDArray[np.int64],
-    min_size_voxels: float,
-) -> npt.NDArray[np.uint64]:
-    """Final id of every object: 0 when it is smaller than ``min_size_voxels`` (or empty),
-    else ``1..N`` per channel in the order of the objects' first voxels."""
-    result = np.zeros(sizes.shape, np.uint64)
-    kept = np.flatnonzero((sizes > 0) & (sizes >= min_size_voxels))
-    if kept.size == 0:
-        return result
-    order = kept[np.lexsort((first[kept], channel[kept]))]
-    ch = channel[order]
-    start_of_run = np.r_[0, np.flatnonzero(np.diff(ch)) + 1]
-    run_start = np.repeat(start_of_run, np.diff(np.r_[start_of_run, order.size]))
-    result[order] = (np.arange(order.size) - run_start + 1).astype(np.uint64)
-    return result
-
-
-def _components(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[Any], int]:
-    """Face-connected components of a 2-D/3-D boolean array: labels ``1..n`` and ``n``."""
-    labels, n = cc3d.connected_components(
-        mask,
-        connectivity=6 if mask.ndim == 3 else 4,
-        return_N=True,
-        out_dtype=np.uint32 if mask.size < 2**32 else np.uint64,
-    )
-    return labels, int(n)
-
-
-def _flood(
-    pred: npt.NDArray[np.floating[Any]],
-    markers: npt.NDArray[np.int32],
-    mask: npt.NDArray[np.bool_],
-) -> npt.NDArray[np.int32]:
-    """Seeded watershed on ``-pred`` inside ``mask`` with face connectivity.
-
-    ``markers`` must mark every voxel above the seed level inside ``mask`` (then every
-    non-marker voxel has ``-pred >= -1``). Marker voxels get distinct keys below ``-1``,
-    ranked by ``-pred`` and then by raster position: skimage gives all markers the entry
-    time 0, so without distinct keys equal-valued markers would be popped in an order that
-    depends on everything else in the heap, and a component flooded on its own could come
-    out differently from the same component flooded with the whole volume. Non-marker
-    voxels keep ``-pred``; their ties are broken by entry time, which is the same for a
-    component alone or in company, because components never touch inside the mask.
-    """
-    from skimage.segmentation import watershed
-
-    image = np.negative(pred, dtype=np.float64)
-    flat = image.reshape(-1)
-    where = np.flatnonzero((markers != 0) & mask)
-    order = np.argsort(flat[where], kind="stable")
-    keys = np.empty(where.size, np.float64)
-    keys[order] = np.arange(where.size, dtype=np.float64) - (where.size + 2.0)
-    flat[where] = keys
-    result: npt.NDArray[np.int32] = watershed(image, markers, mask=mask, connectivity=1)
-    return result
-
-
-def _check_prediction(pred: npt.ArrayLike, *, spatial: bool) -> npt.NDArray[np.floating[Any]]:
-    values = np.asarray(pred)
-    if not np.issubdtype(values.dtype, np.floating):
-        raise TypeError(
-            f"prediction must be a float array (dequantise stored integers first), got dtype "
-            f"{values.dtype}"
-        )
-    if spatial and values.ndim not in (2, 3):
-        raise ValueError(
-            f"prediction must be 2-D or 3-D (one channel, no channel axis), got shape "
-            f"{values.shape}"
-        )
-    return values
-
-
-def _check_level(name: str, level: Any) -> float:
-    if isinstance(level, bool) or not isinstance(level, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number in [0, 1], got {level!r}")
-    if not 0 <= float(level) <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {level!r}")
-    return float(level)
-
-
-def _check_levels(foreground_level: Any, seed_level: Any) -> tuple[float, float]:
-    fg = _check_level("foreground_level", foreground_level)
-    seed = _check_level("seed_level", seed_level)
-    if not fg < seed:
-        raise ValueError(
-            f"foreground_level must be below seed_level, got foreground_level={fg} and "
-            f"seed_level={seed}"
-        )
-    return fg, seed
-
-
-def _check_min_size(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a non-negative number, got {value!r}")
-    if not (math.isfinite(float(value)) and float(value) >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 # --- reading predictions --------------------------------------------------------------------
@@ -326,11 +170,12 @@ def _postprocessing(attrs: Mapping[str, Any], path: str) -> dict[str, float]:
     if not isinstance(stored, Mapping) or not set(stored) <= {
         "foreground_level",
         "seed_level",
+        "seed_dynamic",
         "min_size",
     }:
         raise ValueError(
             f"{POSTPROCESSING_ATTR} of {path!r} must be a dict with keys foreground_level, "
-            f"seed_level, min_size; got {stored!r}"
+            f"seed_level, seed_dynamic, min_size; got {stored!r}"
         )
     result: dict[str, float] = {}
     for key, value in stored.items():
@@ -338,9 +183,31 @@ def _postprocessing(attrs: Mapping[str, Any], path: str) -> dict[str, float]:
             continue
         if key == "min_size":
             result[key] = _check_min_size(f"{POSTPROCESSING_ATTR}['min_size'] of {path!r}", value)
+        elif key == "seed_dynamic":
+            result[key] = check_seed_dynamic(
+                value, f"{POSTPROCESSING_ATTR}['seed_dynamic'] of {path!r}"
+            )
         else:
             result[key] = _check_level(f"{POSTPROCESSING_ATTR}[{key!r}] of {path!r}", value)
     return result
+
+
+def _distance_scale(attrs: Mapping[str, Any], path: str) -> float | None:
+    """The tanh scale (world units) of the predictor that made the prediction, if recorded."""
+    predictor = attrs.get(PREDICTOR_ATTR)
+    if predictor is None:
+        return None
+    value = predictor.get("scale_factor") if isinstance(predictor, Mapping) else None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(
+            f"{PREDICTOR_ATTR} of {path!r} must hold a 'scale_factor' > 0 (world units), "
+            f"got {predictor!r}"
+        )
+    return float(value)
 
 
 # --- blockwise ------------------------------------------------------------------------------
@@ -368,6 +235,8 @@ class _Job:
     shift: float
     foreground_level: float
     seed_level: float
+    seed_dynamic: float  # world units; 0: level seeds
+    distance_scale: float  # the prediction's tanh scale, world units (1 when unknown)
     min_size_voxels: float
     max_watershed_voxels: int
     fallback_context: tuple[int, ...]  # voxels
@@ -399,6 +268,11 @@ class _Job:
         position = tuple(lo_d // b for lo_d, b in zip(lo, self.block, strict=True))
         return int(np.ravel_multi_index(position, self.grid)), lo, hi
 
+    @property
+    def floor(self) -> float:
+        """The foreground level as an inner distance (world units)."""
+        return self.distance_scale * math.atanh(self.foreground_level)
+
     def stats(self, step: str) -> Path:
         path = Path(self.tracking) / step
         path.mkdir(parents=True, exist_ok=True)
@@ -412,6 +286,7 @@ def segment_volume(
     mode: str = "instances",
     foreground_level: float | None = None,
     seed_level: float | None = None,
+    seed_dynamic: float | None = None,
     min_size: float | None = None,
     block_shape: Sequence[int] | None = None,
     num_workers: int = 1,
@@ -443,6 +318,14 @@ def segment_volume(
         Levels in [0, 1], ``foreground_level < seed_level``. Default: the prediction's
         ``innerdist_postprocessing`` attrs, else 0.05 and 0.8. Threshold mode uses
         ``foreground_level`` only.
+    seed_dynamic:
+        Smallest dynamic of a seed, world units (nm), see :mod:`innerdist.watershed`:
+        every regional maximum of the inner distance that rises at least this far above
+        its saddles is a seed; 0 seeds the components above ``seed_level`` only. The
+        inner distance is ``scale_factor * atanh(pred)`` with the scale from the
+        prediction's ``innerdist_predictor`` attrs (written by ``predict`` and
+        ``targets``). Default: the attrs' ``seed_dynamic``, else one voxel (the smallest
+        voxel size) when the scale is known, else 0.
     min_size:
         Smallest object kept, world units (nm^3 in 3-D, nm^2 in 2-D). Default: the
         attrs' ``min_size`` (voxels), else 0.
@@ -510,10 +393,13 @@ def segment_volume(
             f"max_watershed_voxels must be an integer in [1, {_MAX_FLOOD_VOXELS}], "
             f"got {max_watershed_voxels!r}"
         )
-    if mode == "threshold" and (seed_level is not None or min_size is not None):
+    if mode == "threshold" and (
+        seed_level is not None or min_size is not None or seed_dynamic is not None
+    ):
         raise ValueError(
-            "seed_level and min_size apply to mode='instances' only; threshold mode uses "
-            f"foreground_level alone (got seed_level={seed_level!r}, min_size={min_size!r})"
+            "seed_level, seed_dynamic and min_size apply to mode='instances' only; threshold "
+            f"mode uses foreground_level alone (got seed_level={seed_level!r}, "
+            f"seed_dynamic={seed_dynamic!r}, min_size={min_size!r})"
         )
     out_container, out_dataset = split_volume_path(out)
     pred_container, pred_dataset = split_volume_path(prediction)
@@ -557,10 +443,23 @@ def segment_volume(
     )
     voxel_size = tuple(int(v) for v in source.voxel_size)
     voxel_volume = math.prod(voxel_size)
+    distance_scale = _distance_scale(source.attrs, pred_path)
     if mode == "threshold":
         fg = _check_level("foreground_level", fg)
-        seed, min_size_voxels, min_size_world = 1.0, 0.0, 0.0
+        seed, min_size_voxels, min_size_world, h = 1.0, 0.0, 0.0, 0.0
     else:
+        if seed_dynamic is not None:
+            h = check_seed_dynamic(seed_dynamic)
+        elif "seed_dynamic" in tuned:
+            h = tuned["seed_dynamic"]
+        else:
+            h = float(min(voxel_size)) if distance_scale is not None else 0.0
+        if h > 0 and distance_scale is None:
+            raise ValueError(
+                f"seed_dynamic={h} needs the prediction's tanh scale, but {pred_path!r} has "
+                f"no {PREDICTOR_ATTR!r} attribute with a 'scale_factor'; give "
+                "seed_dynamic=0 (seeds above seed_level only)"
+            )
         seed = seed_level if seed_level is not None else tuned.get("seed_level", DEFAULT_SEED_LEVEL)
         fg, seed = _check_levels(fg, seed)
         if min_size is not None:
@@ -611,6 +510,8 @@ def segment_volume(
         shift=shift,
         foreground_level=fg,
         seed_level=seed,
+        seed_dynamic=h,
+        distance_scale=distance_scale or 1.0,
         min_size_voxels=min_size_voxels,
         max_watershed_voxels=max_watershed_voxels,
         fallback_context=context,
@@ -623,6 +524,7 @@ def segment_volume(
         "mode": mode,
         "foreground_level": fg,
         "seed_level": seed if mode == "instances" else None,
+        "seed_dynamic": h if mode == "instances" else None,
         "min_size": min_size_world if mode == "instances" else None,
         "block_shape": list(block),
         "max_watershed_voxels": max_watershed_voxels,
@@ -643,7 +545,8 @@ def segment_volume(
         chunk_shape=block,
         attrs={
             SEGMENTATION_ATTR: {
-                k: description[k] for k in ("mode", "foreground_level", "seed_level", "min_size")
+                k: description[k]
+                for k in ("mode", "foreground_level", "seed_level", "seed_dynamic", "min_size")
             }
         },
         ome=True,
@@ -920,6 +823,13 @@ def _finite_block(job: _Job, lo: Sequence[int], hi: Sequence[int]) -> npt.NDArra
     """The dequantised prediction over a block; NaN/inf is refused (every voxel is read
     here once, by the threshold or the fragments pass), not silently segmented."""
     pred = _dequantize(np.asarray(_prediction(job)[_box(lo, hi)]), job.scale, job.shift)
+    return _refuse_non_finite(job, pred, lo, hi)
+
+
+def _refuse_non_finite(
+    job: _Job, pred: npt.NDArray[np.float32], lo: Sequence[int], hi: Sequence[int]
+) -> npt.NDArray[np.float32]:
+    """``pred`` (the block ``lo``-``hi``), or a ValueError naming its first NaN/inf voxel."""
     if not np.isfinite(pred).all():
         bad = ~np.isfinite(pred)
         first = np.argwhere(bad)[0]
@@ -940,16 +850,40 @@ def _pass_threshold(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
 
 
 def _pass_fragments(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
-    """Pass A: components of seeds and foreground inside one block, with block-unique ids."""
+    """Pass A: components of seeds and foreground inside one block, with block-unique ids.
+
+    Seeds are the components above the seed level (level seeds) or, for dynamic seeds,
+    the plateaus of candidate peaks (:func:`innerdist.watershed.candidate_peaks`, read with
+    one voxel of context): a foreground component with one of them has a single peak.
+    With dynamic seeds the top of every fragment's relief is recorded too."""
     b, lo, hi = job.locate(write_roi)
-    pred = _finite_block(job, lo, hi)
+    dynamic = job.seed_dynamic > 0
+    if dynamic:
+        glo = [a - 1 for a in lo]
+        ghi = [e + 1 for e in hi]
+        inner = tuple(slice(1, 1 + e - a) for a, e in zip(lo, hi, strict=True))
+        halo = np.stack(
+            [
+                _dequantize(_read(_prediction(job), job, glo, ghi, c), job.scale, job.shift)
+                for c in range(job.channels)
+            ]
+        )
+        pred = _refuse_non_finite(job, halo[(slice(None), *inner)], lo, hi)
+    else:
+        pred = _finite_block(job, lo, hi)
     seeds_out = np.zeros(pred.shape, np.uint64)
     fragments_out = np.zeros(pred.shape, np.uint64)
     stats: dict[str, Any] = {}
     for c in range(job.channels):
         base = np.uint64((c * job.num_blocks + b) << _LOCAL_BITS)
-        seeds, n_seeds = _components(pred[c] > job.seed_level)
         fragments, n_fragments = _components(pred[c] > job.foreground_level)
+        if dynamic:
+            relief = seed_relief(halo[c], job.seed_level, job.distance_scale)
+            candidates = candidate_peaks(relief, halo[c] > job.foreground_level)[inner]
+            seeds, n_seeds = _components(candidates)
+            stats[f"top{c}"] = _fragment_tops(relief[inner], fragments, n_fragments)
+        else:
+            seeds, n_seeds = _components(pred[c] > job.seed_level)
         seeds_out[c] = np.where(seeds > 0, seeds.astype(np.uint64) + base, np.uint64(0))
         fragments_out[c] = np.where(fragments > 0, fragments.astype(np.uint64) + base, 0)
         counts, first, box_lo, box_hi = _fragment_stats(fragments, n_fragments, lo, job.shape)
@@ -963,6 +897,17 @@ def _pass_fragments(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
     _open(job.seeds, "r+")[_box(lo, hi)] = seeds_out
     _open(job.fragments, "r+")[_box(lo, hi)] = fragments_out
     _save(job.stats("fragments") / f"{b}.npz", **stats)
+
+
+def _fragment_tops(
+    relief: npt.NDArray[np.float64], labels: npt.NDArray[Any], n: int
+) -> npt.NDArray[np.float64]:
+    """Largest ``relief`` of each label ``1..n``."""
+    flat = labels.reshape(-1)
+    where = np.flatnonzero(flat)
+    tops = np.full(n + 1, -np.inf, np.float64)
+    np.maximum.at(tops, flat[where].astype(np.intp), relief.reshape(-1)[where])
+    return tops[1:]
 
 
 def _first_voxels(labels: npt.NDArray[Any], n: int) -> npt.NDArray[np.int64]:
@@ -1134,6 +1079,12 @@ def _merge(job: _Job) -> dict[str, Any]:
     comp_object[object_comp] = np.arange(n_objects)
     single = seeds_per_comp == 1
     multi = seeds_per_comp >= 2
+    if job.seed_dynamic > 0:
+        # One candidate plateau: one peak, whose dynamic is its rise above the foreground
+        # level (computed as in the merge tree); too low, and the component has no seed.
+        comp_top = np.full(n_comps, -np.inf, np.float64)
+        np.maximum.at(comp_top, fragment_comp, np.concatenate(gather("top")).astype(np.float64))
+        single &= comp_top - job.floor >= job.seed_dynamic
     box_voxels = np.prod((comp_hi - comp_lo).astype(np.float64), axis=1)
     fallback = multi & (box_voxels > job.max_watershed_voxels)
 
@@ -1255,6 +1206,39 @@ def _markers(
     return markers, np.r_[0, unique].astype(np.uint64)
 
 
+def _seed_markers(
+    job: _Job,
+    pred: npt.NDArray[np.float32],
+    seeds: npt.NDArray[np.uint64],
+    mask: npt.NDArray[np.bool_],
+    tables: Mapping[str, Any],
+    *,
+    exact: bool = True,
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint64]]:
+    """The markers of the components in ``mask``, and the object key of every marker.
+
+    Level seeds are the seed components of pass A. Dynamic seeds are found here, on the
+    whole components (exact: they depend on the component's voxels only, see
+    :mod:`innerdist.watershed`); each is keyed by the candidate plateau of pass A that
+    holds its peak (a peak is a regional maximum, so it lies on one). The fallback
+    (``exact=False``) sees parts of components only: a peak on the cut is no regional
+    maximum, and its seed is dropped."""
+    if job.seed_dynamic == 0:
+        return _markers(seeds, mask, tables)
+    relief = seed_relief(pred, job.seed_level, job.distance_scale)
+    markers, peaks = _hmaxima_regions(relief, mask, job.seed_dynamic, job.floor)
+    plateau = seeds.reshape(-1)[peaks]
+    on_plateau = plateau != 0
+    if not on_plateau.all():
+        if exact:
+            raise RuntimeError("a dynamic seed's peak lies on no candidate plateau (a bug)")
+        lut = np.zeros(len(peaks) + 1, np.int32)
+        lut[1:][on_plateau] = np.arange(1, int(on_plateau.sum()) + 1, dtype=np.int32)
+        markers, plateau = lut[markers], plateau[on_plateau]
+    objects = np.asarray(tables["seed_comp"])[_node_index(plateau, tables["seed_offsets"])] + 1
+    return markers, np.r_[0, objects].astype(np.uint64)
+
+
 def _object_stats(
     labels: npt.NDArray[np.int32],
     keys: npt.NDArray[np.uint64],
@@ -1307,7 +1291,8 @@ def _pass_fallback(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
             offsets,
             lambda nodes: np.asarray(tables["is_fallback_fragment"])[nodes],
         )
-        markers, keys = _markers(_read(_open(job.seeds), job, rlo, rhi, c), mask, tables)
+        seeds = _read(_open(job.seeds), job, rlo, rhi, c)
+        markers, keys = _seed_markers(job, pred, seeds, mask, tables, exact=False)
         labels = np.where(todo, _flood(pred, markers, mask)[inner], 0)
         box = _box(lo, hi, c)
         grown[box] = np.where(todo, keys[labels], np.asarray(grown[box]))
@@ -1339,7 +1324,8 @@ def _flood_batch(job: _Job, batch: int) -> _Flooded:
         lambda nodes: np.isin(fragment_comp[nodes], comps),
     )
     pred = _dequantize(_read(_prediction(job), job, lo, hi, c), job.scale, job.shift)
-    markers, keys = _markers(_read(_open(job.seeds), job, lo, hi, c), mask, tables)
+    seeds = _read(_open(job.seeds), job, lo, hi, c)
+    markers, keys = _seed_markers(job, pred, seeds, mask, tables)
     labels = _flood(pred, markers, mask)
     return batch, lo, keys[labels], _object_stats(labels, keys, lo, job.shape)
 

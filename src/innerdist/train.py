@@ -285,6 +285,7 @@ def _validation_rows(
             "foreground_level": float(r["foreground_level"]),
             "seed_level": float(r["seed_level"]),
             "min_size": float(r["min_size"]),
+            "seed_dynamic": float(r.get("seed_dynamic") or 0.0),
         }
         row.update({c: float(r[c]) for c in criteria})
         out.append(row)
@@ -585,7 +586,7 @@ def train(
             nonlocal best, validation_seconds, last_validation_s
             began = time.perf_counter()
             new_rows = validate(model, volumes, config.validation, iteration=iteration,
-                                device=device)
+                                device=device, scale=config.task.scale_factor)
             val_log.append(new_rows)
             val_log.flush()
             rows.extend(new_rows)

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 #: The leading columns of a validation row; the criteria follow.
-ROW_KEYS = ("iteration", "volume", "foreground_level", "seed_level", "min_size")
+ROW_KEYS = ("iteration", "volume", "foreground_level", "seed_level", "min_size", "seed_dynamic")
 
 
 @dataclass(frozen=True)
@@ -70,14 +70,17 @@ class Best:
     foreground_level: float
     seed_level: float
     min_size: float
+    seed_dynamic: float = 0.0  # world units; 0: level seeds
 
     def postprocessing(self, voxel_size: Sequence[int]) -> dict[str, float | int]:
-        """Post-processing params for a checkpoint: levels, and ``min_size`` in voxels
-        (the smallest kept object, see :func:`min_size_voxels`)."""
+        """Post-processing params for a checkpoint: levels, ``min_size`` in voxels (the
+        smallest kept object, see :func:`min_size_voxels`) and ``seed_dynamic`` (world
+        units)."""
         return {
             "foreground_level": self.foreground_level,
             "seed_level": self.seed_level,
             "min_size": min_size_voxels(self.min_size, voxel_size),
+            "seed_dynamic": self.seed_dynamic,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +90,7 @@ class Best:
             "foreground_level": self.foreground_level,
             "seed_level": self.seed_level,
             "min_size": self.min_size,
+            "seed_dynamic": self.seed_dynamic,
         }
 
 
@@ -105,20 +109,22 @@ def min_size_voxels(min_size: float, voxel_size: Sequence[int]) -> int:
 # --- picking the best ------------------------------------------------------------------
 
 
-def _key(row: Mapping[str, Any]) -> tuple[int, float, float, float]:
+_Key = tuple[int, float, float, float, float]
+
+
+def _key(row: Mapping[str, Any]) -> _Key:
     return (
         int(row["iteration"]),
         float(row["foreground_level"]),
         float(row["seed_level"]),
         float(row["min_size"]),
+        float(row.get("seed_dynamic", 0.0)),
     )
 
 
-def _means(
-    rows: Sequence[Mapping[str, Any]], criterion: str
-) -> list[tuple[tuple[int, float, float, float], float]]:
+def _means(rows: Sequence[Mapping[str, Any]], criterion: str) -> list[tuple[_Key, float]]:
     """Mean of ``criterion`` over the volumes of each (iteration, levels), in row order."""
-    sums: dict[tuple[int, float, float, float], list[float]] = {}
+    sums: dict[_Key, list[float]] = {}
     for row in rows:
         if criterion not in row:
             raise ValueError(f"validation row {dict(row)} has no value for {criterion!r}")
@@ -156,8 +162,8 @@ def select_best(
             continue
         # Stable: among equal scores, the earliest iteration, then the earliest row wins.
         order = sorted(range(len(means)), key=lambda i: (-sign * means[i][1], means[i][0][0], i))
-        (iteration, fg, seed, min_size), score = means[order[0]]
-        best[criterion] = Best(criterion, iteration, score, fg, seed, min_size)
+        (iteration, fg, seed, min_size, dynamic), score = means[order[0]]
+        best[criterion] = Best(criterion, iteration, score, fg, seed, min_size, dynamic)
     return best
 
 
@@ -206,17 +212,21 @@ def score_prediction(
     config: ValidationConfig,
     *,
     mask: np.ndarray | None = None,
+    scale: float | None = None,
 ) -> list[dict[str, float]]:
-    """Score one prediction for every swept level pair.
+    """Score one prediction for every swept level pair and seed dynamic.
 
     ``prediction`` (float, ``(C, *spatial)``, values in [0, 1)) and ``labels`` (instance
     ids, same shape) cover the same region; ``mask`` (spatial, 0 = ignore) is optional.
-    Returns one dict per :meth:`ValidationConfig.level_pairs` entry and ``min_size``
-    (world units), in that order, with the levels, the ``min_size`` and the mean over
-    channels of every criterion.
+    Returns one dict per :meth:`ValidationConfig.level_pairs` entry, ``min_size``
+    (world units) and seed dynamic (world units, see
+    :meth:`ValidationConfig.seed_dynamics_for`), in that order, with the levels, the
+    ``min_size``, the ``seed_dynamic`` and the mean over channels of every criterion.
+    ``scale`` is the prediction's tanh scale (world units); without it only level seeds
+    (``seed_dynamic`` 0) are tried.
     """
     from innerdist.evaluate import binary_scores, instance_scores
-    from innerdist.segment import instances, threshold_mask
+    from innerdist.watershed import instances, threshold_mask
 
     pred = np.asarray(prediction)
     gt = np.asarray(labels)
@@ -234,12 +244,14 @@ def score_prediction(
         {t for c in criteria if (t := criterion_iou_threshold(c)) is not None} | {0.5}
     )
     min_sizes = config.min_sizes
+    dynamics = config.seed_dynamics_for(voxel_size) if scale is not None else [0.0]
 
     binary_cache: dict[tuple[int, float], dict[str, Any]] = {}
-    values: dict[tuple[float, float, float], dict[str, list[float]]] = {
-        (fg, seed, m): {c: [] for c in criteria}
+    values: dict[tuple[float, float, float, float], dict[str, list[float]]] = {
+        (fg, seed, m, h): {c: [] for c in criteria}
         for fg, seed in config.level_pairs()
         for m in min_sizes
+        for h in dynamics
     }
     for c in range(pred.shape[0]):
         for fg, seed in config.level_pairs():
@@ -251,28 +263,32 @@ def score_prediction(
                         threshold_mask(pred[c], fg), gt[c], tuple(voxel_size), mask=mask
                     )
                 binary = binary_cache[(c, fg)]
-            segmentation = (
-                instances(pred[c], foreground_level=fg, seed_level=seed)
-                if want_instances
-                else None
-            )
-            for m in min_sizes:
-                inst = None
-                if segmentation is not None:
-                    # Dropping small objects afterwards equals instances(min_size_voxels=)
-                    # up to the numbering of the ids, which no score depends on.
-                    sizes = np.bincount(segmentation.ravel().astype(np.intp))
-                    small = sizes < min_size_voxels(m, voxel_size)
-                    small[0] = False
-                    kept = np.where(small[segmentation], 0, segmentation)
-                    inst = instance_scores(kept, gt[c], mask=mask, iou_thresholds=thresholds)
-                for criterion in criteria:
-                    values[(fg, seed, m)][criterion].append(
-                        criterion_value(criterion, binary, inst)
-                    )
+            for h in dynamics:
+                segmentation = (
+                    instances(pred[c], foreground_level=fg, seed_level=seed, seed_dynamic=h,
+                              scale=scale or 1.0)
+                    if want_instances
+                    else None
+                )
+                for m in min_sizes:
+                    inst = None
+                    if segmentation is not None:
+                        # Dropping small objects afterwards equals instances(min_size_voxels=)
+                        # up to the numbering of the ids, which no score depends on.
+                        sizes = np.bincount(segmentation.ravel().astype(np.intp))
+                        small = sizes < min_size_voxels(m, voxel_size)
+                        small[0] = False
+                        kept = np.where(small[segmentation], 0, segmentation)
+                        inst = instance_scores(kept, gt[c], mask=mask, iou_thresholds=thresholds)
+                    for criterion in criteria:
+                        values[(fg, seed, m, h)][criterion].append(
+                            criterion_value(criterion, binary, inst)
+                        )
     rows: list[dict[str, float]] = []
-    for (fg, seed, m), per_criterion in values.items():
-        row: dict[str, float] = {"foreground_level": fg, "seed_level": seed, "min_size": m}
+    for (fg, seed, m, h), per_criterion in values.items():
+        row: dict[str, float] = {
+            "foreground_level": fg, "seed_level": seed, "min_size": m, "seed_dynamic": h
+        }
         row.update({k: float(np.mean(v)) for k, v in per_criterion.items()})
         rows.append(row)
     return rows
@@ -383,10 +399,12 @@ def validate(
     *,
     iteration: int,
     device: Any = None,
+    scale: float | None = None,
 ) -> list[dict[str, Any]]:
     """Validation rows (keys :data:`ROW_KEYS` plus the criteria) for one iteration.
 
     The model is run in eval mode (its mode is restored afterwards) on ``device``.
+    ``scale`` (the task's tanh scale, world units) enables the sweep over dynamic seeds.
     """
     from innerdist.predict import predict_array
 
@@ -395,7 +413,8 @@ def validate(
         prediction = predict_array(model, volume.raw, device=device)
         prediction = prediction[(slice(None), *volume.crop())]
         for row in score_prediction(
-            prediction, volume.labels, volume.voxel_size, config, mask=volume.mask
+            prediction, volume.labels, volume.voxel_size, config, mask=volume.mask,
+            scale=scale,
         ):
             rows.append({"iteration": int(iteration), "volume": volume.name, **row})
     return rows
