@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from innerdist.config import TrainConfig, TrainingConfig, load_config, save_config
-from innerdist.validate import ROW_KEYS, Best, select_best
+from innerdist.validate import ROW_KEYS, SWEPT, Best, select_best
 
 if TYPE_CHECKING:
     import torch
@@ -269,9 +269,7 @@ def _validation_rows(
         row: dict[str, Any] = {
             "iteration": int(r["iteration"]),
             "volume": r["volume"],
-            "foreground_level": float(r["foreground_level"]),
-            "seed_level": float(r["seed_level"]),
-            "min_size": float(r["min_size"]),
+            **{p: float(r[p]) for p in SWEPT},
         }
         row.update({c: float(r[c]) for c in criteria})
         out.append(row)
@@ -487,6 +485,10 @@ def train(
     save_config(config, run / "config.yaml")
     stats_log = _CsvLog(run / "stats.csv", STATS_COLUMNS)
     criteria = config.validation.criteria
+    selection: dict[str, Any] = {
+        "smooth_levels": config.validation.smooth_levels,
+        "smooth_checkpoints": config.validation.smooth_checkpoints,
+    }
     val_log = _CsvLog(run / "validation.csv", [*ROW_KEYS, *criteria])
 
     threads_before = torch.get_num_threads()
@@ -536,7 +538,7 @@ def train(
                     scaler = torch.amp.GradScaler("cuda", enabled=scaler.is_enabled())
         stats_log.truncate(start)
         rows = _validation_rows(val_log.truncate(start), criteria)
-        best = select_best(rows, criteria)
+        best = select_best(rows, criteria, **selection)
         validation_seconds = 0.0
         if start > 0:
             logger.info("resuming %s from iteration %d", run, start)
@@ -572,7 +574,7 @@ def train(
             val_log.append(new_rows)
             val_log.flush()
             rows.extend(new_rows)
-            best = select_best(rows, criteria)
+            best = select_best(rows, criteria, **selection)
             for b in best.values():
                 if b.iteration == iteration:
                     _write_best(ckpt_dir, ckpt, b, criteria, voxel_size)
