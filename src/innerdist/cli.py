@@ -220,6 +220,15 @@ def predict(
         str,
         typer.Option(help="Output dtype: float32, float16 or uint8 (quantized to [0, 1])."),
     ] = "float32",
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average over the flips and the transposes of "
+            "axes with equal voxel size (8x the time in 2-D, 16x for z,y,x with y = x, 48x "
+            "isotropic 3-D).",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
@@ -239,6 +248,7 @@ def predict(
         batch_size=batch_size,
         dtype=dtype,
         overwrite=overwrite,
+        tta=tta,
     )
     typer.echo(f"wrote {result}")
 
