@@ -13,10 +13,10 @@ Tools, each trained for ``--minutes`` of wall clock on the same cores (its own p
 the CPU seconds of that process are recorded too):
 
 - ``innerdist``: ``innerdist train`` with the default validation (sweep refined around
-  the best point, smoothed selection, criterion F1 averaged over IoU 0.5:0.9), the
-  iterations calibrated to the budget. Rows: the default selection; the selection of
-  earlier versions (best F1@0.5 on the 3 x 3 grid alone, no smoothing) from the same
-  validation log; the default with ``--tta`` at prediction.
+  the best point, smoothed selection, criterion F1 averaged over IoU 0.5:0.9), stopped
+  when the budget is spent (validation and a checkpoint every 20 iterations). Rows: the
+  default selection; the selection of earlier versions (best F1@0.5 on the 3 x 3 grid
+  alone, no smoothing) from the same validation log; the default with ``--tta``.
 - ``stardist``: StarDist 2-D with its own recipe (``Config2D``, 32 rays, grid 2, flips
   and rotations), TensorFlow, in ``bench/.venv-stardist``; training stops at the budget,
   then its thresholds are optimised on the validation image (its recipe).
@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -173,7 +174,6 @@ def worker_classical(data: Path, minutes: float, out: Path) -> dict[str, Any]:
 
 def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
     import csv
-    import statistics
 
     import torch
     import yaml
@@ -182,7 +182,6 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
     from innerdist.checkpoint import load_checkpoint
     from innerdist.predict import normalize_raw, predict_array
     from innerdist.segment import instances
-    from innerdist.train import train
     from innerdist.validate import SWEPT, select_best
     from innerdist.volumes import create_volume, mark_complete
 
@@ -243,35 +242,46 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
             },
         }
 
-    def run(name: str, iterations: int, validations: int) -> Any:
-        path = base / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config(iterations, validations), sort_keys=False))
-        return train(path, base / name, progress=False)
+    # Train until the budget is spent: a run longer than any budget, stopped at the
+    # deadline; validation (and a checkpoint) every 20 iterations picks the result.
+    interval = 20
+    run_dir = base / "run"
+    path = base / "run.yaml"
+    settings = config(100 * interval, 100)
+    settings["training"].update(validation_interval=interval, checkpoint_interval=interval,
+                                keep_last=1000)
+    settings["training"]["schedule"]["warmup"] = 20
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    import multiprocessing
 
-    calibration = run("calibration", 12, 1)
-    with (base / "calibration" / "stats.csv").open(newline="") as f:
-        steps = [float(r["step_time_s"]) for r in csv.DictReader(f)][3:]
-    step = statistics.median(steps)
-    validations = 4
-    left = deadline - time.perf_counter() - (validations + 0.5) * calibration.validation_seconds
-    iterations = max(20, int(left / step))
-    result = run("run", iterations, validations)
+    child = multiprocessing.get_context("spawn").Process(
+        target=_train_child, args=(str(path), str(run_dir))
+    )
+    child.start()
+    child.join(timeout=max(1.0, deadline - time.perf_counter()))
+    if child.is_alive():
+        child.terminate()
+        child.join()
     train_done = time.perf_counter()
 
-    with (result.run_dir / "validation.csv").open(newline="") as f:
+    with (run_dir / "validation.csv").open(newline="") as f:
         rows = [{**r, "iteration": int(r["iteration"]),
                  **{k: float(r[k]) for k in (*SWEPT, *criteria)}} for r in csv.DictReader(f)]
     grid = config(1, 1)["validation"]
     on_grid = [r for r in rows if r["foreground_level"] in grid["foreground_levels"]
                and r["seed_level"] in grid["seed_levels"]]
-    new = result.best[criteria[0]]
+    with (run_dir / "stats.csv").open(newline="") as f:
+        iterations = sum(1 for _ in csv.DictReader(f))
+    if not rows:
+        raise RuntimeError(f"no validation finished within the budget ({iterations} iterations)")
+    new = select_best(rows, criteria)[criteria[0]]
     old = select_best(on_grid, [criteria[1]], smooth_levels=False,
                       smooth_checkpoints=1)[criteria[1]]
 
     raw_t, _ = load(data, "test")
 
     def segment(choice: Any, tta: bool) -> tuple[np.ndarray, float]:
-        ckpt = load_checkpoint(result.run_dir / "checkpoints" / f"iteration_{choice.iteration}.pt")
+        ckpt = load_checkpoint(run_dir / "checkpoints" / f"iteration_{choice.iteration}.pt")
         model = ckpt.build_model()
         began = time.perf_counter()
         outs = []
@@ -288,7 +298,7 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
     np.savez_compressed(out, innerdist=seg_new, innerdist_old_selection=seg_old,
                         innerdist_tta=seg_tta)
     return {
-        "iterations": result.iteration,
+        "iterations": iterations,
         "train_s": train_done - (deadline - 60.0 * minutes),
         "selection": {"default": new.to_dict(), "old_f1@0.5_grid": old.to_dict()},
         "validation_rows": len(rows),
@@ -297,6 +307,15 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
         "predict_tta_s": t_tta,
         "tta_cost": t_tta / t_plain,
     }
+
+
+def _train_child(config_path: str, run_dir: str) -> None:
+    import torch
+
+    from innerdist.train import train
+
+    torch.set_num_threads(2)
+    train(config_path, run_dir, progress=False)
 
 
 def worker_stardist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
@@ -366,7 +385,8 @@ def worker_cellpose(data: Path, minutes: float, out: Path) -> dict[str, Any]:
 
     images = [r.astype(np.float32) for r in raws]
     # Flows once (train_seg takes them in place of labels), not once per train_seg call.
-    masks = dynamics.labels_to_flows([g.astype(np.int32) for g in labels])
+    masks = dynamics.labels_to_flows([g.astype(np.int32) for g in labels],
+                                     device=torch.device("cpu"))
 
     def fresh() -> Any:
         # No pretrained weights: a randomly initialised network ("from scratch").
@@ -468,7 +488,10 @@ def run_tool(tool: str, data: Path, minutes: float) -> dict[str, Any]:
     log.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
     if done.returncode != 0 or not out.exists():
         lines = [x for x in done.stderr.splitlines() if x.strip()]
-        return {"error": (lines[-1] if lines else f"exit code {done.returncode}")[:200],
+        # The exception, not a warning printed at shutdown after it.
+        errors = [x for x in lines if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+        line = errors[-1] if errors else lines[-1] if lines else f"exit code {done.returncode}"
+        return {"error": line[:200],
                 "wall_s": wall, "cpu_s": cpu, "log": str(log)}
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return {"wall_s": wall, "cpu_s": cpu, "report": report, "masks": str(out)}

@@ -654,7 +654,10 @@ def validate(
     primary = config.criteria[0]
     sign = 1.0 if criterion_direction(primary) == "max" else -1.0
     for _ in range(config.refine):
-        point, _ = _best_point(_means(rows, primary, names)[iteration], sign, config.smooth_levels)
+        scores = _means(rows, primary, names).get(iteration)
+        if not scores:
+            break  # every value NaN: nothing to refine around
+        point, _ = _best_point(scores, sign, config.smooth_levels)
         new = refinement(dict(zip(names, point, strict=True)), tried)
         if not new:
             break
