@@ -52,7 +52,7 @@ def test_defaults_and_types() -> None:
     assert config.training.batch_size == 1
     assert config.training.optimizer.name == "adam"
     assert config.training.augment == AugmentConfig()
-    assert config.validation.criteria == ["instances.f1_score@0.5"]
+    assert config.validation.criteria == ["instances.f1_score@0.5:0.9"]
     # A single label dataset without a list is one channel.
     assert config.data.validate_[0].labels == ["validate.zarr/labels"]
     assert config.model.unet().input_shape == (44, 44)
@@ -179,7 +179,7 @@ def test_missing_section() -> None:
         ),
         (
             lambda d: d.update(validation={"criteria": ["instances.f1_score@1.5"]}),
-            "validation.criteria: criterion 'instances.f1_score@1.5': the IoU threshold",
+            "validation.criteria: criterion 'instances.f1_score@1.5': IoU thresholds must lie",
         ),
         (
             lambda d: d.update(validation={"criteria": ["binary.dice", "binary.dice"]}),

@@ -36,6 +36,7 @@ from innerdist.predict import (
     parse_roi,
     predict_array,
     predict_volume,
+    tta_transforms,
 )
 from innerdist.volumes import create_volume, is_complete, mark_complete, open_volume
 
@@ -623,3 +624,99 @@ def test_killed_run_resumes_where_it_stopped(volume_2d: dict[str, Any], tmp_path
                                    block_shape=(10, 12), progress=False)
     np.testing.assert_allclose(pred[pred.roi], open_volume(uninterrupted)[pred.roi], atol=1e-6)
     np.testing.assert_allclose(pred[pred.roi], volume_2d["expected"], atol=1e-5)
+
+
+# --- test-time augmentation ----------------------------------------------------------------
+
+
+def tta_reference(model: Any, raw: np.ndarray, voxel_size: tuple[int, ...]) -> np.ndarray:
+    """Slow and obvious: transform the whole array with numpy, predict it without TTA,
+    transform back, average."""
+    dims = len(voxel_size)
+    outputs = []
+    for perm, flips in tta_transforms(voxel_size):
+        axes = tuple(i + 1 for i in range(dims) if flips[i])
+        view = np.flip(np.transpose(raw, (0, *(p + 1 for p in perm))), axes)
+        pred = np.flip(predict_array(model, np.ascontiguousarray(view)), axes)
+        outputs.append(np.transpose(pred, (0, *(int(i) + 1 for i in np.argsort(perm)))))
+    return np.mean(outputs, axis=0)
+
+
+def test_tta_transforms_follow_the_voxel_size() -> None:
+    assert tta_transforms((4, 4))[0] == ((0, 1), (False, False))  # the identity first
+    assert {perm for perm, _ in tta_transforms((4, 4))} == {(0, 1), (1, 0)}
+    assert {perm for perm, _ in tta_transforms((6, 4))} == {(0, 1)}  # no transpose
+    # (40, 8, 8): only y and x may be exchanged; 8 flips each.
+    assert {perm for perm, _ in tta_transforms((40, 8, 8))} == {(0, 1, 2), (0, 2, 1)}
+    assert {perm for perm, _ in tta_transforms((8, 40, 8))} == {(0, 1, 2), (2, 1, 0)}
+    assert len(tta_transforms((5, 5, 5))) == 48
+    views = tta_transforms((8, 8, 8))
+    assert len(set(views)) == len(views)
+
+
+@pytest.mark.parametrize("voxel_size", [(4, 4), (6, 4)])
+def test_tta_in_memory_equals_the_numpy_reference(voxel_size: tuple[int, int]) -> None:
+    # Not square, so a transpose mixed up with its inverse would not even fit.
+    raw = np.random.default_rng(9).random((1, 13, 18)).astype(np.float32)
+    model = random_checkpoint(unet_2d(), predictor(), voxel_size, NORM, seed=2).build_model()
+    got = predict_array(model, raw, tta=True, voxel_size=voxel_size, tile_shape=(8, 8))
+    np.testing.assert_allclose(got, tta_reference(model, raw, voxel_size), atol=1e-5)
+    plain = predict_array(model, raw)
+    assert np.abs(got - plain).max() > 1e-3  # an untrained net is far from equivariant
+    # The average over a group of views is itself equivariant under the group.
+    flipped = predict_array(model, np.ascontiguousarray(raw[:, ::-1]), tta=True,
+                            voxel_size=voxel_size)
+    np.testing.assert_allclose(flipped[:, ::-1], got, atol=1e-5)
+
+
+def test_tta_input_errors() -> None:
+    model = random_checkpoint(unet_2d(), predictor(), (4, 4), NORM, seed=2).build_model()
+    raw = np.zeros((1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="tta needs voxel_size"):
+        predict_array(model, raw, tta=True)
+    with pytest.raises(ValueError, match="voxel_size must have 2 entries"):
+        predict_array(model, raw, tta=True, voxel_size=(4, 4, 4))
+    with pytest.raises(TypeError, match="tta must be True or False"):
+        predict_array(model, raw, tta=1)  # type: ignore[arg-type]
+
+
+def test_tta_blockwise_equals_in_memory_2d(volume_2d: dict[str, Any]) -> None:
+    out = predict_volume(volume_2d["path"], volume_2d["raw"], volume_2d["out"],
+                         block_shape=(10, 12), progress=False, tta=True)
+    pred = open_volume(out)
+    assert pred.attrs["innerdist_tta"] == 4  # voxel size (6, 4): flips only
+    model = volume_2d["ckpt"].build_model()
+    expected = predict_array(model, normalize_raw(volume_2d["data"], NORM), tta=True,
+                             voxel_size=(6, 4))
+    np.testing.assert_allclose(pred[pred.roi], expected, atol=1e-5)
+    assert np.abs(expected - volume_2d["expected"]).max() > 1e-3
+    with pytest.raises(TypeError, match="tta must be True or False"):
+        predict_volume(volume_2d["path"], volume_2d["raw"], volume_2d["out"],
+                       tta="yes", overwrite=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_tta_blockwise_equals_in_memory_3d_with_transposes(tmp_path: Path) -> None:
+    data = np.random.default_rng(6).integers(0, 4000, (9, 21, 26), dtype=np.uint16)
+    norm = {"min": 0, "max": 4000, "dtype": "uint16"}
+    raw = make_raw(tmp_path / "d.zarr" / "raw", data, (40, 8, 8), offset=(80, 0, 16))
+    ckpt = random_checkpoint(unet_3d(), predictor(1), (40, 8, 8), norm, seed=6)
+    out = predict_volume(save(tmp_path, ckpt), raw, str(tmp_path / "d.zarr" / "pred"),
+                         block_shape=(4, 10, 12), roi=Roi((120, 8, 32), (240, 120, 160)),
+                         progress=False, tta=True)
+    pred = open_volume(out)
+    assert pred.attrs["innerdist_tta"] == 16
+    expected = predict_array(ckpt.build_model(), normalize_raw(data, norm)[np.newaxis],
+                             tta=True, voxel_size=(40, 8, 8))
+    # The ROI starts at voxel (1, 1, 2) of the raw: 6 x 15 x 20 voxels of it.
+    np.testing.assert_allclose(pred[pred.roi], expected[:, 1:7, 1:16, 2:22], atol=1e-5)
+
+
+def test_cli_predict_tta_and_no_resume_across_modes(volume_2d: dict[str, Any]) -> None:
+    args = ["predict", volume_2d["path"], volume_2d["raw"], volume_2d["out"],
+            "--block-shape", "20,24"]
+    result = CliRunner().invoke(app, [*args, "--tta"])
+    assert result.exit_code == 0, result.output
+    assert open_volume(volume_2d["out"]).attrs["innerdist_tta"] == 4
+    again = CliRunner().invoke(app, args)  # a plain prediction does not reuse a TTA one
+    assert again.exit_code == 2 and "already exists" in again.output

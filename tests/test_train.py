@@ -1,4 +1,4 @@
-"""Training: loss, schedule, logs, resume == uninterrupted, validation and best selection, CLI.
+"""Training: loss, schedule, logs, resume == uninterrupted, validation runs, best files, CLI.
 
 Runs use tiny 2-D volumes and a 4-feature-map U-Net so that each takes a second or two.
 """
@@ -20,19 +20,11 @@ from typer.testing import CliRunner
 import innerdist.train as train_module
 from innerdist.checkpoint import load_checkpoint
 from innerdist.cli import app
-from innerdist.config import TrainConfig, ValidationConfig
+from innerdist.config import TrainConfig
 from innerdist.inner_distance import InnerDistancePredictor
 from innerdist.plots import label_colors, middle_slice, plot_loss, plot_slices, plot_validation
 from innerdist.synthetic import make_em_volume, write_volume
 from innerdist.train import _CsvLog, learning_rate, train, weighted_mse
-from innerdist.validate import (
-    Best,
-    criterion_value,
-    min_size_voxels,
-    score_prediction,
-    scores_per_iteration,
-    select_best,
-)
 from innerdist.volumes import create_volume, mark_complete
 
 runner = CliRunner()
@@ -80,6 +72,7 @@ def config_dict(data_dir: Path, **training: Any) -> dict[str, Any]:
             "foreground_levels": [0.05],
             "seed_levels": [0.3, 0.6],
             "criteria": ["instances.f1_score@0.5", "binary.dice"],
+            "refine": 0,  # the sweep itself is tested in test_validate.py
         },
     }
 
@@ -158,166 +151,6 @@ def test_csv_log_truncates_and_drops_partial_rows(tmp_path: Path) -> None:
         {"iteration": "2", "loss": "0.2"},
         {"iteration": "3", "loss": "0.3"},
     ]
-
-
-def row(iteration: int, volume: str, fg: float, seed: float, **scores: float) -> dict[str, Any]:
-    return {
-        "iteration": iteration,
-        "volume": volume,
-        "foreground_level": fg,
-        "seed_level": seed,
-        "min_size": 0.0,
-        **scores,
-    }
-
-
-def test_select_best_picks_the_best_mean_over_volumes() -> None:
-    f1, are = "instances.f1_score@0.5", "instances.adapted_rand_error"
-    rows = [
-        row(10, "a", 0.1, 0.5, **{f1: 0.9, are: 0.3}),
-        row(10, "b", 0.1, 0.5, **{f1: 0.1, are: 0.3}),  # mean f1 0.5
-        row(10, "a", 0.1, 0.7, **{f1: 0.6, are: 0.2}),
-        row(10, "b", 0.1, 0.7, **{f1: 0.6, are: 0.2}),  # mean f1 0.6
-        row(20, "a", 0.1, 0.5, **{f1: 0.8, are: 0.25}),
-        row(20, "b", 0.1, 0.5, **{f1: 0.7, are: 0.25}),  # mean f1 0.75 <- best
-        row(20, "a", 0.2, 0.7, **{f1: 0.4, are: 0.1}),
-        row(20, "b", 0.2, 0.7, **{f1: 0.4, are: float("nan")}),  # NaN skipped: mean 0.1
-    ]
-    best = select_best(rows, [f1, are])
-    assert best[f1] == Best(f1, 20, pytest.approx(0.75), 0.1, 0.5, 0.0)
-    # An error score: the smallest wins.
-    assert best[are] == Best(are, 20, pytest.approx(0.1), 0.2, 0.7, 0.0)
-    assert scores_per_iteration(rows, f1) == ([10, 20], [pytest.approx(0.6), pytest.approx(0.75)])
-    assert scores_per_iteration(rows, are) == ([10, 20], [pytest.approx(0.2), pytest.approx(0.1)])
-    assert select_best([], [f1]) == {}
-
-
-def test_select_best_breaks_ties_by_earliest_iteration_then_sweep_order() -> None:
-    rows = [
-        row(30, "a", 0.1, 0.5, **{"binary.dice": 0.8}),
-        row(10, "a", 0.2, 0.5, **{"binary.dice": 0.8}),
-        row(10, "a", 0.1, 0.5, **{"binary.dice": 0.8}),
-        row(20, "a", 0.1, 0.5, **{"binary.dice": 0.7}),
-    ]
-    best = select_best(rows, ["binary.dice"])["binary.dice"]
-    assert (best.iteration, best.foreground_level) == (10, 0.2)
-    with pytest.raises(ValueError, match="has no value for 'binary.jaccard'"):
-        select_best(rows, ["binary.jaccard"])
-
-
-def test_min_size_and_postprocessing_params() -> None:
-    assert min_size_voxels(0, (40, 8, 8)) == 0
-    assert min_size_voxels(2560, (40, 8, 8)) == 1
-    assert min_size_voxels(2561, (40, 8, 8)) == 2
-    assert min_size_voxels(100, (5, 5)) == 4
-    with pytest.raises(ValueError, match="min_size must be >= 0"):
-        min_size_voxels(-1, (5, 5))
-    b = Best("binary.dice", 5, 0.9, 0.1, 0.6, 300.0)
-    assert b.postprocessing((10, 10)) == {"foreground_level": 0.1, "seed_level": 0.6, "min_size": 3,
-                                          "seed_dynamic": 0.0}
-    b = Best("binary.dice", 5, 0.9, 0.1, 0.6, 300.0, 8.0)
-    assert b.postprocessing((10, 10))["seed_dynamic"] == 8.0
-
-
-def test_criterion_value_reads_the_evaluate_dicts() -> None:
-    binary = {"dice": 0.5}
-    inst = {"voi": 1.5, "matching": [{"iou_threshold": 0.5, "f1_score": 0.25}]}
-    assert criterion_value("binary.dice", binary, inst) == 0.5
-    assert criterion_value("instances.voi", binary, inst) == 1.5
-    assert criterion_value("instances.f1_score@0.5", binary, inst) == 0.25
-    with pytest.raises(ValueError, match="no matching at IoU 0.7"):
-        criterion_value("instances.f1_score@0.7", binary, inst)
-    with pytest.raises(ValueError, match="needs binary scores"):
-        criterion_value("binary.dice", None, inst)
-    with pytest.raises(ValueError, match="needs instance scores"):
-        criterion_value("instances.voi", binary, None)
-
-
-def test_score_prediction_of_a_perfect_prediction() -> None:
-    # Two touching squares and a separate one; the prediction is their exact target.
-    labels = np.zeros((1, 24, 24), np.uint64)
-    labels[0, 2:10, 2:10] = 1
-    labels[0, 2:10, 10:18] = 2
-    labels[0, 14:22, 4:12] = 3
-    predictor = InnerDistancePredictor(["a"], 2.0)
-    pred = predictor.process(labels, (1, 1), "tanh", 2.0)
-    config = ValidationConfig(
-        foreground_levels=[0.05, 0.5],
-        seed_levels=[0.9, 0.99],
-        criteria=["instances.f1_score@0.5", "binary.dice", "instances.voi"],
-    )
-    rows = score_prediction(pred, labels, (1, 1), config)
-    assert [(r["foreground_level"], r["seed_level"]) for r in rows] == [
-        (0.05, 0.9), (0.05, 0.99), (0.5, 0.9), (0.5, 0.99)
-    ]
-    perfect = rows[0]
-    assert perfect["instances.f1_score@0.5"] == 1.0
-    assert perfect["binary.dice"] == 1.0
-    assert perfect["instances.voi"] == pytest.approx(0.0, abs=1e-9)
-    # No voxel exceeds 0.99 (the squares are 8 wide: d <= 4, tanh(2) = 0.964): no seeds.
-    assert rows[1]["instances.f1_score@0.5"] == 0.0
-    # Foreground 0.5 drops the outer ring: dice < 1, the same for both seed levels.
-    assert rows[2]["binary.dice"] < 1.0
-    assert rows[2]["binary.dice"] == rows[3]["binary.dice"]
-    assert {r["seed_dynamic"] for r in rows} == {0.0}  # no scale: level seeds only
-    # With the scale, the seed dynamics are swept too (default: one voxel); dynamic seeds
-    # find the squares whose prediction stays below 0.99.
-    dynamic = ValidationConfig(foreground_levels=[0.05], seed_levels=[0.99],
-                               seed_dynamics=[0.5, 1.0], criteria=["instances.f1_score@0.5"])
-    rows = score_prediction(pred, labels, (1, 1), dynamic, scale=2.0)
-    assert [(r["seed_dynamic"], r["instances.f1_score@0.5"]) for r in rows] == [
-        (0.5, 1.0), (1.0, 1.0)
-    ]
-    assert dynamic.seed_dynamics_for((40, 8, 8)) == [0.5, 1.0]
-    assert config.seed_dynamics_for((40, 8, 8)) == [8.0]
-    # A mask hiding object 3 changes nothing for a perfect prediction.
-    mask = np.ones((24, 24), bool)
-    mask[12:, :] = False
-    assert score_prediction(pred, labels, (1, 1), config, mask=mask)[0] == perfect
-    # min_size sweeps: 64-voxel squares survive 64 (voxel size 1: world = voxels), not 65.
-    swept = score_prediction(
-        pred, labels, (1, 1), config.model_copy(update={"min_size": [0.0, 64.0, 65.0]})
-    )
-    assert [(r["foreground_level"], r["seed_level"], r["min_size"]) for r in swept[:3]] == [
-        (0.05, 0.9, 0.0), (0.05, 0.9, 64.0), (0.05, 0.9, 65.0)
-    ]
-    assert [r["instances.f1_score@0.5"] for r in swept[:3]] == [1.0, 1.0, 0.0]
-    assert swept[2]["binary.dice"] == 1.0  # the thresholded mask keeps every object
-    with pytest.raises(ValueError, match="must both be"):
-        score_prediction(pred[0], labels, (1, 1), config)
-    with pytest.raises(ValueError, match="mask shape"):
-        score_prediction(pred, labels, (1, 1), config, mask=mask[:5])
-
-
-def test_min_size_sweep_equals_segment_min_size() -> None:
-    # Bumps of many sizes, some touching: the swept filter must score exactly like
-    # segment.instances(min_size_voxels=...).
-    from innerdist.evaluate import instance_scores
-    from innerdist.segment import instances
-
-    rng = np.random.default_rng(3)
-    labels = np.zeros((1, 40, 40), np.uint64)
-    for i in range(14):
-        y, x = rng.integers(0, 36, 2)
-        h, w = rng.integers(2, 9, 2)
-        labels[0, y : y + h, x : x + w] = i + 1
-    pred = InnerDistancePredictor(["a"], 2.0).process(labels, (4, 4), "tanh", 8.0)
-    pred = np.clip(pred + rng.normal(0, 0.05, pred.shape).astype(np.float32), 0, 0.999)
-    config = ValidationConfig(
-        foreground_levels=[0.1], seed_levels=[0.5], min_size=[0.0, 80.0, 250.0, 600.0],
-        criteria=["instances.f1_score@0.5", "instances.voi", "instances.adapted_rand_error"],
-    )
-    rows = score_prediction(pred, labels, (4, 4), config)
-    for row in rows:
-        seg = instances(pred[0], foreground_level=0.1, seed_level=0.5,
-                        min_size_voxels=min_size_voxels(row["min_size"], (4, 4)))
-        expected = instance_scores(seg, labels[0], iou_thresholds=[0.5])
-        assert row["instances.f1_score@0.5"] == expected["matching"][0]["f1_score"]
-        assert row["instances.voi"] == pytest.approx(expected["voi"], abs=1e-12)
-        assert row["instances.adapted_rand_error"] == pytest.approx(
-            expected["adapted_rand_error"], abs=1e-12
-        )
-    assert len({r["instances.voi"] for r in rows}) > 1  # the sizes did make a difference
 
 
 # --- plots ------------------------------------------------------------------------------

@@ -38,5 +38,7 @@ LABELS_ATTR = "innerdist_labels"
 QUANTIZATION_ATTR = "innerdist_quantization"
 POSTPROCESSING_ATTR = "innerdist_postprocessing"
 SEGMENTATION_ATTR = "innerdist_segmentation"
+#: Predictions made with test-time augmentation: the number of views averaged.
+TTA_ATTR = "innerdist_tta"
 SOURCE_ATTR = "innerdist_source"
 SYNTHETIC_ATTR = "innerdist_synthetic"

@@ -295,16 +295,32 @@ def evaluate(
         str | None,
         typer.Option(help="Block shape in voxels, comma separated (default 128^3 / 1024^2)."),
     ] = None,
+    iou_thresholds: Annotated[
+        str | None,
+        typer.Option(
+            help="IoU thresholds, comma separated, e.g. 0.5,0.75 (a pair matches when "
+            "IoU >= t; default 0.1,0.2,...,0.9,0.95)."
+        ),
+    ] = None,
     workers: Workers = 1,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
     """Score a segmentation against ground truth (binary and instance scores), blockwise."""
     _setup_logging(verbose)
-    from innerdist.evaluate import evaluate_volumes, format_scores, write_scores
+    from innerdist.evaluate import (
+        DEFAULT_IOU_THRESHOLDS,
+        evaluate_volumes,
+        format_scores,
+        parse_iou_thresholds,
+        write_scores,
+    )
 
     if mode not in ("auto", "binary", "instances"):
         raise ValueError(f"--mode must be auto, binary or instances, got {mode!r}")
+    thresholds = (
+        DEFAULT_IOU_THRESHOLDS if iou_thresholds is None else parse_iou_thresholds(iou_thresholds)
+    )
     if out is not None and not out.endswith(".json"):
         raise ValueError(f"--out must end in .json, got {out!r}")
     if out is not None and not overwrite:
@@ -321,6 +337,7 @@ def evaluate(
         tol_distance=tol_distance,
         clip_distance=clip_distance,
         block_shape=_parse_shape(block_shape),
+        iou_thresholds=thresholds,
         num_workers=workers,
     )
     typer.echo(format_scores(scores))
@@ -381,6 +398,15 @@ def predict(
             "block, output size, estimated wall time) and write nothing.",
         ),
     ] = False,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Test-time augmentation: average over the flips and the transposes of "
+            "axes with equal voxel size (8x the time in 2-D, 16x for z,y,x with y = x, 48x "
+            "isotropic 3-D).",
+        ),
+    ] = False,
     overwrite: Overwrite = False,
     allow_incomplete: AllowIncomplete = False,
     verbose: Verbose = False,
@@ -409,6 +435,7 @@ def predict(
         time=time,
         pyramid=not no_pyramid,
         allow_incomplete=allow_incomplete,
+        tta=tta,
     )
     if dry_run:
         typer.echo(result)

@@ -64,6 +64,7 @@ __all__ = [
     "ValidationConfig",
     "criterion_direction",
     "criterion_iou_threshold",
+    "criterion_iou_thresholds",
     "load_config",
     "save_config",
 ]
@@ -393,13 +394,46 @@ _LOWER = {
     "binary.mean_false_distance",
     "binary.mean_false_distance_clipped",
 }
-_MATCHING = re.compile(r"^instances\.(precision|recall|f1_score|accuracy)@(\d*\.?\d+)$")
+_MATCHING = re.compile(
+    r"^instances\.(precision|recall|f1_score|accuracy|mean_matched_iou|panoptic_quality)"
+    r"@(\d*\.?\d+)(?::(\d*\.?\d+))?$"
+)
+#: Step of an IoU range criterion: ``@0.5:0.9`` averages over 0.5, 0.55, ..., 0.9.
+IOU_RANGE_STEP = 0.05
+
+
+def criterion_iou_thresholds(name: str) -> tuple[float, ...]:
+    """The IoU thresholds a matching criterion averages over; ``()`` for other criteria.
+
+    ``@t`` is one threshold; ``@a:b`` every threshold from ``a`` to ``b`` in steps of 0.05
+    (as COCO's AP@[.5:.95]), rounded to 4 decimals.
+
+    >>> criterion_iou_thresholds("instances.f1_score@0.5:0.7")
+    (0.5, 0.55, 0.6, 0.65, 0.7)
+    >>> criterion_iou_thresholds("binary.dice")
+    ()
+    """
+    m = _MATCHING.match(name)
+    if not m:
+        return ()
+    low = float(m.group(2))
+    if m.group(3) is None:
+        return (low,)
+    high = float(m.group(3))
+    count = round((high - low) / IOU_RANGE_STEP)
+    if high < low or not math.isclose(low + count * IOU_RANGE_STEP, high, abs_tol=1e-9):
+        raise ValueError(
+            f"criterion {name!r}: an IoU range a:b needs a <= b and b - a a multiple of "
+            f"{IOU_RANGE_STEP}"
+        )
+    return tuple(round(low + i * IOU_RANGE_STEP, 4) for i in range(count + 1))
 
 
 def criterion_iou_threshold(name: str) -> float | None:
-    """The IoU threshold of a matching criterion (``instances.f1_score@0.5`` -> 0.5)."""
+    """The IoU threshold of a single-threshold matching criterion
+    (``instances.f1_score@0.5`` -> 0.5); ``None`` for ranges and other criteria."""
     m = _MATCHING.match(name)
-    return float(m.group(2)) if m else None
+    return float(m.group(2)) if m and m.group(3) is None else None
 
 
 def criterion_direction(name: str) -> Literal["max", "min"]:
@@ -407,16 +441,17 @@ def criterion_direction(name: str) -> Literal["max", "min"]:
 
     Criteria are score names as in ``innerdist evaluate``'s CSV: ``binary.<score>`` (on
     the thresholded foreground) or ``instances.<score>``, with ``@<IoU threshold>`` for
-    the matching scores, e.g. ``instances.f1_score@0.5``, ``binary.dice``,
-    ``instances.adapted_rand_error``.
+    the matching scores (a pair matches when ``IoU >= t``) or ``@<a>:<b>`` for their mean
+    over the thresholds ``a, a + 0.05, ..., b``, e.g. ``instances.f1_score@0.5``,
+    ``instances.f1_score@0.5:0.9``, ``binary.dice``, ``instances.adapted_rand_error``.
 
     >>> criterion_direction("instances.f1_score@0.5"), criterion_direction("instances.voi")
     ('max', 'min')
     """
-    threshold = criterion_iou_threshold(name)
-    if threshold is not None:
-        if not 0 <= threshold < 1:
-            raise ValueError(f"criterion {name!r}: the IoU threshold must lie in [0, 1)")
+    thresholds = criterion_iou_thresholds(name)
+    if thresholds:
+        if not all(0 < t <= 1 for t in thresholds):
+            raise ValueError(f"criterion {name!r}: IoU thresholds must lie in (0, 1]")
         return "max"
     if name in _HIGHER:
         return "max"
@@ -424,7 +459,8 @@ def criterion_direction(name: str) -> Literal["max", "min"]:
         return "min"
     raise ValueError(
         f"unknown validation criterion {name!r}; expected instances.<precision|recall|"
-        f"f1_score|accuracy>@<IoU>, or one of {sorted(_HIGHER | _LOWER)}"
+        f"f1_score|accuracy|mean_matched_iou|panoptic_quality>@<IoU> (or @<a>:<b>, a range), "
+        f"or one of {sorted(_HIGHER | _LOWER)}"
     )
 
 
@@ -439,7 +475,25 @@ class ValidationConfig(_Strict):
     nm^3 in 3-D, nm^2 in 2-D; one number, or a list to sweep) are dropped. ``binary.*``
     criteria score the thresholded foreground (``pred > foreground_level``). Each
     criterion is averaged over channels and validation volumes; the first criterion picks
-    ``best.pt``.
+    ``best.pt`` and steers the refinement.
+
+    The lists are a starting grid, not the only values tried: ``refine`` rounds then try,
+    around the best point so far, the midpoints to its neighbours on each swept axis (one
+    step beyond the grid's edge when the best sits there), so a few grid values reach a
+    resolution of a quarter step or better. A best value on the edge of the configured
+    grid is warned about (extend the grid).
+
+    Selection is made robust to a small validation set: with ``smooth_levels`` each point
+    scores a 1-2-1 weighted mean of its lower neighbour, itself and its upper neighbour on
+    each swept axis (a lone noisy maximum loses to a broad plateau), and the checkpoint is
+    chosen by the mean of that score over the last ``smooth_checkpoints`` validations (1:
+    no smoothing; trailing, so the choice never moves to an older checkpoint whose weights
+    may be pruned).
+
+    The default criterion ``instances.f1_score@0.5:0.9`` (instance F1 averaged over IoU
+    thresholds 0.5, 0.55, ..., 0.9) rewards boundaries as well as detection: objects that
+    are found but too small or too large lose the high thresholds. Criteria lists written
+    for earlier versions (``instances.f1_score@0.5`` etc.) keep working.
     """
 
     foreground_levels: list[float] = Field(default=[0.05, 0.1, 0.2], min_length=1)
@@ -448,7 +502,10 @@ class ValidationConfig(_Strict):
     #: one voxel of the finest axis (see :mod:`innerdist.watershed`).
     seed_dynamics: list[float] | None = Field(default=None, min_length=1)
     min_size: float | list[float] = Field(default=0.0)
-    criteria: list[str] = Field(default=["instances.f1_score@0.5"], min_length=1)
+    criteria: list[str] = Field(default=["instances.f1_score@0.5:0.9"], min_length=1)
+    refine: int = Field(default=3, ge=0)
+    smooth_levels: bool = True
+    smooth_checkpoints: int = Field(default=2, ge=1)
 
     @field_validator("min_size")
     @classmethod
@@ -520,6 +577,18 @@ class ValidationConfig(_Strict):
     def min_sizes(self) -> list[float]:
         """The swept ``min_size`` values (world units), in sweep order."""
         return list(self.min_size) if isinstance(self.min_size, list) else [self.min_size]
+
+    def sweep(self, voxel_size: Sequence[float] | None = None) -> dict[str, list[float]]:
+        """The starting grid: each swept post-processing parameter and its values, in
+        sweep order (the keys are the columns of ``validation.csv``). The seed dynamics
+        are :meth:`seed_dynamics_for` ``voxel_size``; without a voxel size (no tanh scale
+        known to turn predictions into distances) level seeds only (``[0.0]``)."""
+        return {
+            "foreground_level": list(self.foreground_levels),
+            "seed_level": list(self.seed_levels),
+            "min_size": self.min_sizes,
+            "seed_dynamic": [0.0] if voxel_size is None else self.seed_dynamics_for(voxel_size),
+        }
 
 
 # --- the whole file ---------------------------------------------------------------------

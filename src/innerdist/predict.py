@@ -16,6 +16,14 @@ value however the volume is cut into blocks and tiles. Outside the raw data, the
 data mirrored at its edge (numpy's ``"reflect"``: ``a b c | b a``; a one-voxel axis repeats its
 voxel), after normalisation, in memory and blockwise alike.
 
+Test-time augmentation (``tta``) averages the predictions of the data seen through every
+flip and every transpose that the voxel size allows (a transpose only exchanges axes of
+equal voxel size: 8 views in 2-D, 16 for a (z, y, x) volume with y = x, 48 for isotropic
+3-D; prediction costs that many times more). Each view is predicted as above *in its own
+coordinates* (its tile grid anchored at the view's origin, mirrored at the same edges,
+since mirroring commutes with flips and transposes) and mapped back, so a block of a
+TTA prediction equals the same region of the in-memory TTA prediction, as without TTA.
+
 For ``padding="valid"`` the margin is the U-Net's ``context``. For ``padding="same"`` the
 network pads each convolution with zeros; the margin is then the receptive-field radius
 (the valid-mode context plus ``output_step - 1``, rounded up to the step), so output voxels
@@ -35,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR
+from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR, TTA_ATTR
 
 # Normalisation is owned by innerdist.normalize; re-exported here, where it was first.
 from innerdist.normalize import NonFiniteRawError, normalize_raw
@@ -53,12 +61,14 @@ __all__ = [
     "POSTPROCESSING_ATTR",
     "PREDICTOR_ATTR",
     "QUANTIZATION_ATTR",
+    "TTA_ATTR",
     "NonFiniteRawError",
     "dequantize",
     "normalize_raw",
     "parse_roi",
     "predict_array",
     "predict_volume",
+    "tta_transforms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -257,6 +267,79 @@ def _predict_region(
     return out[_box([low - g for low, g in zip(lo, start, strict=True)], wanted)]
 
 
+#: A view of the data: ``(perm, flips)``; view axis ``i`` is data axis ``perm[i]``, then
+#: reversed where ``flips[i]``.
+Transform = tuple[tuple[int, ...], tuple[bool, ...]]
+
+
+def tta_transforms(voxel_size: Sequence[int]) -> list[Transform]:
+    """The views test-time augmentation averages: every axis permutation that moves axes
+    only onto axes of the same voxel size, with every combination of flips; the identity
+    first.
+
+    >>> len(tta_transforms((8, 8))), len(tta_transforms((40, 8, 8))), len(tta_transforms((4,) * 3))
+    (8, 16, 48)
+    >>> tta_transforms((40, 8, 8))[:2]
+    [((0, 1, 2), (False, False, False)), ((0, 1, 2), (False, False, True))]
+    """
+    voxel = tuple(int(v) for v in voxel_size)
+    dims = len(voxel)
+    return [
+        (perm, flips)
+        for perm in itertools.permutations(range(dims))
+        if all(voxel[p] == voxel[i] for i, p in enumerate(perm))
+        for flips in itertools.product((False, True), repeat=dims)
+    ]
+
+
+def _predict_region_tta(
+    runner: _Runner,
+    read: Callable[[Sequence[int], Sequence[int]], np.ndarray],
+    data_shape: Sequence[int],
+    lo: Sequence[int],
+    hi: Sequence[int],
+    transforms: Sequence[Transform],
+) -> np.ndarray:
+    """:func:`_predict_region` averaged over the views ``transforms`` of the data (spatial
+    shape ``data_shape``): each view is predicted in its own coordinates, mapped back and
+    summed in a fixed order (float32), so any region gets the same numbers."""
+    dims = len(data_shape)
+    total: np.ndarray | None = None
+    for perm, flips in transforms:
+        view_shape = [int(data_shape[p]) for p in perm]
+        view_lo = [int(lo[p]) for p in perm]
+        view_hi = [int(hi[p]) for p in perm]
+        for i in range(dims):
+            if flips[i]:
+                view_lo[i], view_hi[i] = view_shape[i] - view_hi[i], view_shape[i] - view_lo[i]
+        flip_axes = tuple(i + 1 for i in range(dims) if flips[i])
+
+        def read_view(
+            begin: Sequence[int],
+            shape: Sequence[int],
+            perm: tuple[int, ...] = perm,
+            flips: tuple[bool, ...] = flips,
+            view_shape: list[int] = view_shape,
+            flip_axes: tuple[int, ...] = flip_axes,
+        ) -> np.ndarray:
+            data_begin = [0] * dims
+            data_size = [0] * dims
+            for i, p in enumerate(perm):
+                data_begin[p] = view_shape[i] - begin[i] - shape[i] if flips[i] else begin[i]
+                data_size[p] = shape[i]
+            data = np.transpose(read(data_begin, data_size), (0, *(p + 1 for p in perm)))
+            return np.flip(data, flip_axes) if flip_axes else data
+
+        view = _predict_region(runner, read_view, view_lo, view_hi)
+        if flip_axes:
+            view = np.flip(view, flip_axes)
+        inverse = np.argsort(perm)
+        back = np.transpose(view, (0, *(int(inverse[a]) + 1 for a in range(dims))))
+        total = back.astype(np.float32) if total is None else total + back
+    assert total is not None, "at least the identity view"
+    return total / np.float32(len(transforms))
+
+
 def _reflect(indices: np.ndarray, size: int) -> np.ndarray:
     """Indices mirrored into ``[0, size)`` like numpy's ``"reflect"`` padding (repeated
     as often as needed); a one-voxel axis maps everything to 0."""
@@ -382,6 +465,8 @@ def predict_array(
     device: str | torch.device | None = None,
     tile_shape: Sequence[int] | None = None,
     batch_size: int = 1,
+    tta: bool = False,
+    voxel_size: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Predict a whole array in memory; float32 ``(out_channels, *spatial)``.
 
@@ -391,6 +476,9 @@ def predict_array(
     ``tile_shape`` output voxels (default: the model's eval output shape, rounded down to
     the output step), ``batch_size`` tiles per forward pass. The result equals
     :func:`predict_volume` on the same data.
+
+    With ``tta`` the result is the mean over :func:`tta_transforms` of ``voxel_size``
+    (needed then: it says which axes may be transposed), at that many times the cost.
 
     The model runs in eval mode (its previous mode is restored) on ``device``; ``None``
     keeps it where its parameters are, otherwise it is moved there.
@@ -424,6 +512,16 @@ def predict_array(
     batch_size = _positive_int(batch_size, "batch_size")
     if tile_shape is not None:
         tile_shape = _shape_arg(tile_shape, "tile_shape", dims)
+    if not isinstance(tta, bool):
+        raise TypeError(f"tta must be True or False, got {tta!r}")
+    transforms = None
+    if tta:
+        if voxel_size is None:
+            raise ValueError(
+                "tta needs voxel_size (world units per axis): only axes of equal voxel size "
+                "are transposed"
+            )
+        transforms = tta_transforms(_shape_arg(voxel_size, "voxel_size", dims))
     if device is None:
         resolved = next(model.parameters()).device
     else:
@@ -439,6 +537,9 @@ def predict_array(
     model.eval()
     try:
         with torch.inference_mode():
+            if transforms is not None:
+                return _predict_region_tta(runner, read, spatial, (0,) * dims, spatial,
+                                           transforms)
             return _predict_region(runner, read, (0,) * dims, spatial)
     finally:
         model.train(was_training)
@@ -481,9 +582,11 @@ class _BlockPredictor:
         dtype: str,
         threads: int,
         precision: str = "fp32",
+        transforms: Sequence[Transform] | None = None,
     ) -> None:
         self.model = model
         self.precision = precision
+        self.transforms = list(transforms) if transforms else None
         self.normalization = dict(normalization)
         self.raw_path = raw_path
         self.raw_time = raw_time
@@ -564,7 +667,12 @@ class _BlockPredictor:
                 lambda box: self._read_box(raw, box), self.data_shape, begin, shape
             )
 
-        prediction = _predict_region(runner, read, lo, hi)
+        if self.transforms:
+            prediction = _predict_region_tta(
+                runner, read, self.data_shape, lo, hi, self.transforms
+            )
+        else:
+            prediction = _predict_region(runner, read, lo, hi)
         out_lo = [int(b) for b in (write.begin - self.out_roi.begin) / self.voxel]
         out[_box(out_lo, prediction.shape[1:])] = _quantize(prediction, self.dtype)
 
@@ -581,6 +689,7 @@ def block_predictor_function(
     dtype: str,
     precision: str = "fp32",
     time: int | None = None,
+    tta: bool = False,
 ) -> _BlockPredictor:
     """:class:`_BlockPredictor` rebuilt from JSON parameters, in a cluster worker: the model
     comes from the checkpoint file (checked to hold the weights the job was started with),
@@ -597,7 +706,7 @@ def block_predictor_function(
     return _BlockPredictor(
         ckpt.build_model(),
         ckpt.normalization,
-        raw=open_volume(raw, time=time),
+        raw=(raw_array := open_volume(raw, time=time)),
         raw_path=raw,
         raw_time=time,
         out=open_volume(out),
@@ -608,6 +717,7 @@ def block_predictor_function(
         dtype=dtype,
         threads=_cores(),
         precision=precision,
+        transforms=tta_transforms(Coordinate(raw_array.voxel_size)) if tta else None,
     )
 
 
@@ -726,6 +836,7 @@ def predict_volume(
     worker_command: str | None = None,
     precision: str = "fp32",
     dry_run: bool = False,
+    tta: bool = False,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -756,6 +867,12 @@ def predict_volume(
         ``"float32"``, ``"float16"`` or ``"uint8"``; the latter two record
         ``innerdist_quantization = {"scale", "offset"}`` (value = stored * scale + offset,
         see :func:`dequantize`).
+    tta
+        Test-time augmentation: the mean over the flips and the transposes of axes of equal
+        voxel size (:func:`tta_transforms`; 8x the prediction time in 2-D, 16x for
+        anisotropic (z, y, x) with y = x, 48x for isotropic 3-D), equal to
+        :func:`predict_array` with ``tta=True`` on the same data. Recorded in the output's
+        ``innerdist_tta`` attribute (the number of views).
     overwrite
         Replace an existing output. Without it an existing complete output, or an
         unfinished one of a different job, raises ``FileExistsError``; an unfinished one of
@@ -792,6 +909,8 @@ def predict_volume(
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
     num_workers = _positive_int(num_workers, "num_workers")
     batch_size = _positive_int(batch_size, "batch_size")
+    if not isinstance(tta, bool):
+        raise TypeError(f"tta must be True or False, got {tta!r}")
     if roi is not None and not isinstance(roi, Roi):
         raise TypeError(f"roi must be a funlib.geometry.Roi (world units), got {roi!r}")
     resolved_device = _resolve_device(device)
@@ -895,6 +1014,9 @@ def predict_volume(
         "dtype": dtype,
         "block_shape": list(block),
     }
+    transforms = tta_transforms(voxel) if tta else None
+    if transforms is not None:
+        job["tta"] = len(transforms)  # a TTA output never resumes a plain one
     if precision != "fp32":  # fp32 jobs keep the description they always had
         job["precision"] = precision
     threads = max(1, _cores() // num_workers) if worker_command is None else _cores()
@@ -912,6 +1034,8 @@ def predict_volume(
         attrs[QUANTIZATION_ATTR] = dict(_QUANTIZATION[dtype])
     if ckpt.postprocessing is not None:
         attrs[POSTPROCESSING_ATTR] = dict(ckpt.postprocessing)
+    if transforms is not None:
+        attrs[TTA_ATTR] = len(transforms)
     output = open_or_create_output(
         out,
         job=job,
@@ -943,6 +1067,7 @@ def predict_volume(
         dtype=dtype,
         threads=threads,
         precision=precision,
+        transforms=transforms,
     )
     worker_job = BlockFunction(
         "innerdist.predict:block_predictor_function",
@@ -957,6 +1082,7 @@ def predict_volume(
             "dtype": dtype,
             "precision": precision,
             "time": time,
+            "tta": tta,
         },
     )
     import torch

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from innerdist.config import TrainConfig, TrainingConfig, load_config, save_config
 from innerdist.validate import (
     ROW_KEYS,
+    SWEPT,
     Best,
     load_validation_volumes,
     scores_per_iteration,
@@ -282,10 +283,9 @@ def _validation_rows(
         row: dict[str, Any] = {
             "iteration": int(r["iteration"]),
             "volume": r["volume"],
-            "foreground_level": float(r["foreground_level"]),
-            "seed_level": float(r["seed_level"]),
-            "min_size": float(r["min_size"]),
-            "seed_dynamic": float(r.get("seed_dynamic") or 0.0),
+            # Logs from before a parameter was swept lack its column: 0 (seed_dynamic 0 is
+            # level seeds, what those runs used).
+            **{p: float(r.get(p) or 0.0) for p in SWEPT},
         }
         row.update({c: float(r[c]) for c in criteria})
         out.append(row)
@@ -505,6 +505,10 @@ def train(
     save_config(config, run / "config.yaml")
     stats_log = _CsvLog(run / "stats.csv", STATS_COLUMNS)
     criteria = config.validation.criteria
+    selection: dict[str, Any] = {
+        "smooth_levels": config.validation.smooth_levels,
+        "smooth_checkpoints": config.validation.smooth_checkpoints,
+    }
     val_log = _CsvLog(run / "validation.csv", [*ROW_KEYS, *criteria])
 
     threads_before = torch.get_num_threads()
@@ -554,7 +558,7 @@ def train(
                     scaler = torch.amp.GradScaler("cuda", enabled=scaler.is_enabled())
         stats_log.truncate(start)
         rows = _validation_rows(val_log.truncate(start), criteria)
-        best = select_best(rows, criteria)
+        best = select_best(rows, criteria, **selection)
         validation_seconds = 0.0
         if start > 0:
             logger.info("resuming %s from iteration %d", run, start)
@@ -590,7 +594,7 @@ def train(
             val_log.append(new_rows)
             val_log.flush()
             rows.extend(new_rows)
-            best = select_best(rows, criteria)
+            best = select_best(rows, criteria, **selection)
             for b in best.values():
                 if b.iteration == iteration:
                     _write_best(ckpt_dir, ckpt, b, criteria, voxel_size)
