@@ -473,13 +473,13 @@ def _write_report(result: DemoResult, data: Mapping[str, Path]) -> None:
     lines = [
         "# innerdist demo",
         "",
-        "What you are looking at: the middle section of the held-out test volume (generated",
-        "EM-like data: touching organelle-like objects with dark membranes, noise, "
-        f"{voxel[0]} x {voxel[1]} x {voxel[2]} nm",
-        "voxels). From left to right: the raw image; the network's prediction, the",
-        "inner distance of each voxel to its object's boundary (tanh-scaled, 0 outside",
-        "objects); the instances segmented from it blockwise, one colour per object; the",
-        "ground truth the scores compare them with.",
+        "What you are looking at: the middle section of the held-out test volume, generated",
+        "EM-like data (touching organelle-like objects with dark membranes, noise, "
+        f"{voxel[0]} x {voxel[1]} x {voxel[2]} nm voxels).",
+        "From left to right: the raw image; the network's prediction (each voxel's inner",
+        "distance to its object's boundary, tanh-scaled, 0 outside objects); the instances",
+        "segmented from it blockwise, one colour per object; the ground truth that the",
+        "scores below compare them with.",
         "",
         "![raw, prediction, instances, ground truth](slices.png)",
         "",
