@@ -740,20 +740,34 @@ def demo(
     out: Annotated[
         str, typer.Option(help="Directory for the data, run, outputs and report.")
     ] = "innerdist-demo",
+    iterations: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Training iterations (default: the demo's fixed number, the same on "
+            "every machine).",
+        ),
+    ] = None,
     minutes: Annotated[
-        float, typer.Option(min=0.2, help="Approximate training time budget in minutes.")
-    ] = 5.0,
+        float | None,
+        typer.Option(
+            min=0.2,
+            help="Instead of a fixed number of iterations, as many as fit this training "
+            "time budget on this machine (scores then depend on the machine's load).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the data and the training.")] = 0,
     verbose: Verbose = False,
 ) -> None:
     """End to end on generated EM-like data: train, predict, segment, evaluate, report.
 
-    Running it again reuses the data and continues the same run.
+    Deterministic by default (fixed data, seed and iterations: the same scores on every
+    run). Running it again reuses the data and continues the same run.
     """
     _setup_logging(verbose)
     from innerdist.demo import run_demo
 
-    result = run_demo(out, minutes=minutes, seed=seed)
+    result = run_demo(out, iterations=iterations, minutes=minutes, seed=seed)
     typer.echo(result.summary())
 
 
