@@ -79,35 +79,6 @@ def in_memory(data: np.ndarray, voxel_size: tuple[int, ...], channels: bool, off
     return Array(data, offset=off, voxel_size=voxel_size, axis_names=names)
 
 
-def brute_force_binary(pred, gt, voxel_size, tol, clip, mask=None) -> dict[str, float]:
-    """Distance scores by comparing every false voxel with every foreground voxel."""
-    pf, gf = pred != 0, gt != 0
-    if mask is not None:
-        pf, gf = pf & (mask != 0), gf & (mask != 0)
-    vs = np.asarray(voxel_size, dtype=float)
-    idx = np.indices(pred.shape).reshape(pred.ndim, -1).T * vs
-
-    def dists(false: np.ndarray, sites: np.ndarray) -> np.ndarray:
-        a, b = idx[false.ravel()], idx[sites.ravel()]
-        if len(b) == 0:
-            return np.full(len(a), np.inf)
-        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min(1)
-
-    d_fp = dists(pf & ~gf, gf)
-    d_fn = dists(gf & ~pf, pf)
-    c_fp, c_fn = np.minimum(d_fp, clip), np.minimum(d_fn, clip)
-    p, g = pf.sum(), gf.sum()
-    return {
-        "false_positives_with_tolerance": int((d_fp > tol).sum()),
-        "false_negatives_with_tolerance": int((d_fn > tol).sum()),
-        "mean_false_positive_distance": c_fp.mean() if len(c_fp) else 0.0,
-        "mean_false_negative_distance": c_fn.mean() if len(c_fn) else 0.0,
-        "hausdorff_distance": max(c_fp.max(initial=0.0), c_fn.max(initial=0.0)),
-        "mean_false_distance_clipped": 0.5
-        * ((c_fp.sum() / p if p else 0.0) + (c_fn.sum() / g if g else 0.0)),
-    }
-
-
 def assert_scores_close(a: Any, b: Any, path: str = "") -> None:
     """Recursive comparison: ints/strings exactly, floats to 1e-9."""
     if isinstance(a, dict):
