@@ -607,3 +607,15 @@ def test_export_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["export-tiff", volume, str(tmp_path / "there.tif"),
                                  "--overwrite"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_truncated_tiff_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, _data((8, 16, 16)))
+    data = path.read_bytes()
+    path.write_bytes(data[:3000])  # pixels end at 256 + 4096 bytes: the last ones are missing
+    result = runner.invoke(app, ["import-tiff", str(path), str(tmp_path / "o.zarr" / "raw"),
+                                 "--voxel-size", "40,8,8"])
+    assert result.exit_code == 2, result.output
+    assert "is truncated: its pixels need" in result.output
+    assert not (tmp_path / "o.zarr" / "raw").exists()

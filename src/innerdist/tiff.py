@@ -283,6 +283,21 @@ def _int_list(name: str, value: Any, length: int, *, positive: bool, axes: str) 
     return tuple(out)
 
 
+def _check_not_truncated(tif: Any, path: Path, shape: tuple[int, ...]) -> None:
+    """A contiguous image cut short (an interrupted copy) would otherwise fail inside mmap
+    with no word of why, after the output was created."""
+    series = tif.series[0]
+    if series.dataoffset is None:
+        return
+    need = int(series.dataoffset) + int(np.prod(shape)) * np.dtype(series.dtype).itemsize
+    have = path.stat().st_size
+    if have < need:
+        raise ValueError(
+            f"{str(path)!r} is truncated: its pixels need {need} bytes but the file has "
+            f"{have} (an interrupted copy or download?)"
+        )
+
+
 @contextmanager
 def _lazy_pixels(tif: Any, path: Path, shape: tuple[int, ...]) -> Iterator[Any]:
     """A sliceable view of series 0 (shape ``shape``) that reads only what is sliced."""
@@ -412,6 +427,7 @@ def import_tiff(
             raise ValueError(f"the TIFF's image is empty (shape {shape})")
         full = Roi(Coordinate(off), Coordinate(spatial_shape) * Coordinate(vs))
         region = full if roi is None else _check_region(roi, full, Coordinate(vs))
+        _check_not_truncated(tif, path, shape)
         array = create_volume(
             out,
             roi=region,
