@@ -198,7 +198,9 @@ def _run_cli(args: list[str]) -> subprocess.Popen[str]:
 
 
 def _chunks(folder: Path) -> int:
-    return sum(1 for p in (folder / "c").rglob("*") if p.is_file()) if folder.exists() else 0
+    """Chunks written to an output's level s0 (outputs are OME-NGFF image groups)."""
+    level = folder / "s0" if (folder / "s0").exists() else folder
+    return sum(1 for p in (level / "c").rglob("*") if p.is_file()) if level.exists() else 0
 
 
 def _kill_when(args: list[str], ready: Any) -> bool:

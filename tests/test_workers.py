@@ -278,7 +278,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def zarr_read(path: str | Path) -> np.ndarray:
-    result: np.ndarray = zarr.open_array(str(path), mode="r")[:]
+    """Level s0 of an output (an OME-NGFF image group), or a plain array."""
+    node = zarr.open(str(path), mode="r")
+    result: np.ndarray = (node["s0"] if isinstance(node, zarr.Group) else node)[:]
     return result
 
 
