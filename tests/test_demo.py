@@ -197,7 +197,7 @@ def test_demo_config_is_valid_and_validates_four_times() -> None:
     config = TrainConfig.from_dict(demo_config(data, iterations=400))
     assert config.training.validation_interval == 100
     assert config.data.train[0].raw == "/d/train.zarr/raw"
-    assert config.model.unet().output_shape(DEMO_MODEL["input_shape"]) == (8, 52, 52)
+    assert config.model.unet().output_shape(DEMO_MODEL["input_shape"]) == (16, 76, 76)
     with pytest.raises(ValueError, match="iterations must be >= 1"):
         demo_config(data, iterations=0)
 

@@ -49,13 +49,15 @@ __all__ = ["DEMO_ITERATIONS", "DEMO_MODEL", "DemoResult", "demo_config", "run_de
 
 #: The demo's 3-D U-Net for (40, 8, 8) nm voxels: in-plane convolutions at full resolution,
 #: 3-D ones after two in-plane downsamplings (where voxels are nearly isotropic). Training
-#: input (20, 92, 92) -> output (8, 52, 52) voxels; prediction uses bigger blocks. Chosen
-#: for learning fast per CPU minute (300 iterations, validation volume): batch norm lifts
-#: the correlation with the target from 0.66 to 0.91; nearest-neighbour upsampling avoids
-#: the checkerboard of transposed convolutions, whose speckles split objects (instance F1
-#: 0.42 -> 0.54) and is cheaper; 8 feature maps learn as fast per iteration as 12.
+#: input (28, 116, 116) -> output (16, 76, 76) voxels; prediction uses bigger blocks. Chosen
+#: for learning fast per CPU minute: batch norm lifts the correlation with the target from
+#: 0.66 to 0.91 (300 iterations); nearest-neighbour upsampling avoids the checkerboard of
+#: transposed convolutions, whose speckles split objects, and is cheaper; 8 feature maps
+#: learn as fast per iteration as 12. The crop is bigger than (20, 92, 92): 4.3x the output
+#: voxels for 1.35x the time of a step, so 450 of its steps take as long as 600 of the
+#: smaller ones and score better (test F1 0.73 against 0.69, bench/README.md).
 DEMO_MODEL: dict[str, Any] = {
-    "input_shape": [20, 92, 92],
+    "input_shape": [28, 116, 116],
     "num_fmaps": 8,
     "batch_norm": True,
     "upsample": "nearest",
@@ -71,8 +73,8 @@ DEMO_MODEL: dict[str, Any] = {
 }
 
 #: Training iterations of the default demo: fixed, so that the scores do not depend on the
-#: machine's load. About 5 minutes of training on 2 quiet CPU cores (see bench/README.md).
-DEMO_ITERATIONS = 600
+#: machine's load. About 4-5 minutes of training on 2 quiet CPU cores (bench/README.md).
+DEMO_ITERATIONS = 450
 
 # Calibration (``minutes``): this many training steps, the first ones (lazy set-up) not timed; the
 # iterations are planned for a slightly smaller budget, as the machine may get busier.
@@ -186,7 +188,7 @@ def demo_config(
             "batch_size": 1,
             # Short training learns most from a high peak rate that decays to 0: at 150 of
             # 600 iterations, validation Dice 0.92 (F1 0.52) against 0.82 (0.44) with a
-            # constant 1e-3 (bench/README.md, demo section).
+            # constant 1e-3; after 600, test F1 0.69 against 0.59 (bench/README.md).
             "optimizer": {"name": "adam", "lr": 3e-3},
             "schedule": {"name": "cosine", "warmup": min(50, max(1, iterations // 10))},
             "augment": {"flip": True, "transpose": True},
