@@ -145,3 +145,15 @@ def test_bugs_keep_their_traceback():
 
     with pytest.raises(KeyError):
         buggy()
+
+
+def test_warnings_for_the_user_are_one_line(monkeypatch) -> None:
+    import warnings
+
+    from innerdist.cli import _setup_logging
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after
+    _setup_logging(False)
+    text = warnings.formatwarning("best value on the edge", RuntimeWarning, "/x/train.py", 592,
+                                  "    new_rows = validate(model)")
+    assert text == "innerdist: warning: best value on the edge\n"

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -164,6 +165,17 @@ def _setup_logging(verbose: bool) -> None:
         # daisy warns about every failed block; the error that stops the command is printed
         # once, as one line, by user_errors_exit_2 (details stay in the worker logs).
         logging.getLogger("daisy").setLevel(logging.ERROR)
+    # A warning for the user is one line, not the library's source line that raised it.
+    warnings.formatwarning = _one_line_warning
+
+
+def _one_line_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    line: str | None = None,
+) -> str:
+    """``innerdist: warning: MESSAGE`` (the file and line only with ``-v``)."""
+    where = f" ({filename}:{lineno})" if logging.getLogger().isEnabledFor(logging.INFO) else ""
+    return f"innerdist: warning: {message}{where}\n"
 
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")]
