@@ -496,7 +496,8 @@ def _write_report(result: DemoResult, data: Mapping[str, Path]) -> None:
         "",
         f"{inst.get('num_predicted', '?')} objects predicted, "
         f"{inst.get('num_ground_truth', '?')} in the ground truth. An object counts as found "
-        "when its IoU with a ground-truth object exceeds the threshold. All scores: "
+        "when its IoU with a ground-truth object reaches the threshold (IoU >= t, as "
+        "StarDist counts). All scores: "
         "`scores.json` / `scores.csv`.",
         "",
         "## Next: your own data",
