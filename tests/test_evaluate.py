@@ -33,15 +33,6 @@ from innerdist.volumes import create_volume, mark_complete
 # helpers
 
 
-def disc(shape: tuple[int, ...], center: tuple[float, ...], radius: float) -> np.ndarray:
-    """Bool disc (2-D) or ball (3-D) of voxels whose centres are within ``radius``."""
-    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
-    return sum((g - c) ** 2 for g, c in zip(grid, center, strict=True)) <= radius**2
-
-
-def at(scores: dict[str, Any], threshold: float) -> dict[str, Any]:
-    (m,) = [m for m in scores["matching"] if m["iou_threshold"] == threshold]
-    return m
 
 
 def write_volume(

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
-from funlib.geometry import Roi
+from test_safety import write
 from typer.testing import CliRunner
 
 from innerdist.architecture import UNet
 from innerdist.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
 from innerdist.cli import app
 from innerdist.inner_distance import InnerDistancePredictor
-from innerdist.volumes import create_volume, is_complete, mark_complete, open_volume
+from innerdist.volumes import is_complete, open_volume
 
 runner = CliRunner()
 SRC = str(Path(__file__).parents[1] / "src")
@@ -64,14 +64,6 @@ def _grow(full: Path) -> None:
     (full / "filler").unlink()
 
 
-def write(path: Path, data: np.ndarray, voxel: tuple[int, ...], channels: bool = False) -> str:
-    spatial = data.shape[1:] if channels else data.shape
-    roi = Roi((0,) * len(spatial), tuple(s * v for s, v in zip(spatial, voxel, strict=True)))
-    array = create_volume(path, roi=roi, voxel_size=voxel, dtype=data.dtype,
-                          num_channels=data.shape[0] if channels else None)
-    array[roi] = data
-    mark_complete(array)
-    return str(path)
 
 
 @pytest.fixture
