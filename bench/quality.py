@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -254,8 +255,10 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     import multiprocessing
 
+    # Daemonic, and SIGTERM exits through Python (main): a stopped benchmark stops its
+    # training too instead of leaving it running on the cores the next run is timed on.
     child = multiprocessing.get_context("spawn").Process(
-        target=_train_child, args=(str(path), str(run_dir))
+        target=_train_child, args=(str(path), str(run_dir)), daemon=True
     )
     child.start()
     child.join(timeout=max(1.0, deadline - time.perf_counter()))
@@ -288,8 +291,16 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
         for r in raw_t:
             pred = predict_array(model, normalize_raw(r, ckpt.normalization), tta=tta,
                                  voxel_size=voxel)
-            outs.append(instances(pred[0], foreground_level=choice.foreground_level,
-                                  seed_level=choice.seed_level).astype(np.int32))
+            # Every tuned parameter, as `innerdist segment` applies the checkpoint's
+            # post-processing: levels, dynamic seeds (in nm, need the tanh scale), min size.
+            post = choice.postprocessing(voxel)
+            outs.append(instances(
+                pred[0], foreground_level=float(post["foreground_level"]),
+                seed_level=float(post["seed_level"]),
+                seed_dynamic=float(post.get("seed_dynamic", 0.0)),
+                min_size_voxels=int(post["min_size"]),
+                scale=float(ckpt.predictor.scale_factor),
+            ).astype(np.int32))
         return np.stack(outs), time.perf_counter() - began
 
     seg_new, t_plain = segment(new, False)
@@ -535,6 +546,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--masks", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.minutes <= 0:
         parser.error(f"--minutes must be > 0, got {args.minutes}")
 
