@@ -484,14 +484,25 @@ def run_tool(tool: str, data: Path, minutes: float) -> dict[str, Any]:
            "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
+    # The worker and everything it starts form one process group, stopped as a whole when
+    # the benchmark ends for any reason (a tool's own children included).
+    proc = subprocess.Popen(
+        [python, str(Path(__file__).resolve()), "--worker", tool, "--data", str(data),
+         "--minutes", str(minutes), "--masks", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [python, str(Path(__file__).resolve()), "--worker", tool, "--data", str(data),
-             "--minutes", str(minutes), "--masks", str(out)],
-            capture_output=True, text=True, env=env, timeout=60 * minutes * 3 + 600,
-        )
+        stdout, stderr = proc.communicate(timeout=60 * minutes * 3 + 600)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {60 * minutes * 3 + 600:.0f} s"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
