@@ -50,7 +50,8 @@ def _tuned_checkpoint(raw: np.ndarray, dims: int = 2, channels: int = 1) -> Chec
     ckpt = random_checkpoint(tiny_unet(dims), tiny_predictor(channels), (4,) * dims,
                              NORM_UINT8, seed=3)
     pred = predict_array(ckpt.build_model(), normalize_raw(raw, NORM_UINT8), device="cpu")[0]
-    low, high = (float(v) for v in np.percentile(pred, [35, 85]))
+    inside = pred[(pred > 0) & (pred < 1)]  # levels are in [0, 1]
+    low, high = (float(v) for v in np.percentile(inside, [35, 85]))
     ckpt.postprocessing = {"foreground_level": low, "seed_level": high, "min_size": 2}
     return ckpt
 
@@ -296,6 +297,40 @@ def test_cli_predict_accepts_a_package(exported):
     expected = predict_array(exported["ckpt"].build_model(),
                              normalize_raw(exported["raw"], NORM_UINT8), device="cpu")
     np.testing.assert_array_equal(np.asarray(pred[pred.roi]), expected)
+
+
+def test_cluster_worker_loads_a_package(exported, tmp_path):
+    """block_predictor_function (what a cluster worker runs) takes the package path that
+    predict records in its job, and checks its weights like a checkpoint's."""
+    from innerdist.predict import block_predictor_function
+
+    out = predict_volume(exported["package"], exported["raw_path"], tmp_path / "p.zarr" / "p",
+                         device="cpu", progress=False, pyramid=False, dry_run=False)
+    args = {"checkpoint": str(exported["package"]), "raw": exported["raw_path"],
+            "out": str(out), "device": "cpu", "tile_shape": [8, 8], "batch_size": 1,
+            "dtype": "float32"}
+    process = block_predictor_function(weights_sha256=exported["ckpt"].weights_hash(), **args)
+    assert process.normalization == exported["ckpt"].normalization
+    with pytest.raises(ValueError, match="has changed since the job started"):
+        block_predictor_function(weights_sha256="0" * 64, **args)
+
+
+@pytest.mark.slow
+def test_3d_two_channel_package_passes_test_model_and_loads_back(tmp_path):
+    from bioimageio.core import test_model
+
+    raw = _raw_image((24, 48, 48))
+    ckpt = _tuned_checkpoint(raw, dims=3, channels=2)
+    path = save_checkpoint(tmp_path / "model.pt", ckpt)
+    package = export_package(path, tmp_path / "model.zip")  # a synthetic test input
+    summary = test_model(package)
+    assert summary.status == "passed", [d.name for d in summary.details if d.status == "failed"]
+    rdf = _rdf(package)
+    assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["c0", "c1"]
+    assert [a["id"] for a in rdf["inputs"][0]["axes"][2:]] == ["z", "y", "x"]
+    loaded = load_package(package)
+    assert loaded.weights_hash() == ckpt.weights_hash()
+    assert loaded.postprocessing == ckpt.postprocessing
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import string
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -264,9 +264,18 @@ def _test_input(checkpoint: Checkpoint, raw: str | None, time: int | None) -> np
 def _instances_of(prediction: np.ndarray, checkpoint: Checkpoint) -> np.ndarray:
     """Instances of the first channel with the checkpoint's post-processing (defaults
     without it), as ``innerdist segment`` would make them; for the cover."""
+    post = checkpoint.postprocessing or {}
+    with warnings.catch_warnings():
+        # An untrained network's values below -1 have no inner distance (NaN relief, which
+        # seeds nothing); the cover shows what segment makes of them, without the warning.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _instances(checkpoint, prediction, post)
+
+
+def _instances(checkpoint: Checkpoint, prediction: np.ndarray, post: Mapping[str, Any]
+               ) -> np.ndarray:
     from innerdist.watershed import DEFAULT_FOREGROUND_LEVEL, DEFAULT_SEED_LEVEL, instances
 
-    post = checkpoint.postprocessing or {}
     return instances(
         prediction,
         foreground_level=float(post.get("foreground_level", DEFAULT_FOREGROUND_LEVEL)),
