@@ -392,6 +392,16 @@ def _one_error_line(result: Any, code: int) -> str:
     return str(lines[0])
 
 
+def test_px_unit_gives_axes_without_a_physical_unit(exported, tmp_path):
+    package = export_package(exported["checkpoint"], tmp_path / "px.zip", unit="px")
+    rdf = _rdf(package)
+    assert [a.get("unit") for a in rdf["inputs"][0]["axes"][2:]] == [None, None]
+    assert [a["scale"] for a in rdf["outputs"][0]["axes"][2:]] == [4.0, 4.0]
+    assert rdf["config"]["innerdist"]["voxel_size_unit"] == "px"
+    with pytest.raises(ValueError, match="unit must be 'nm' or 'px'"):
+        export_package(exported["checkpoint"], tmp_path / "um.zip", unit="um")
+
+
 def test_cli_export_writes_a_package(exported, tmp_path):
     out = tmp_path / "cli.zip"
     result = runner.invoke(app, ["export", str(exported["checkpoint"]), str(out),

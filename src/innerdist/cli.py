@@ -712,6 +712,9 @@ def export_model(
     license: Annotated[
         str, typer.Option(help="SPDX license id of the model, e.g. CC-BY-4.0 or MIT.")
     ] = "CC-BY-4.0",
+    unit: Annotated[
+        str, typer.Option(help="World unit of the checkpoint's voxel size: nm, or px.")
+    ] = "nm",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing OUT.")
     ] = False,
@@ -722,7 +725,7 @@ def export_model(
     from innerdist.export import export_package
 
     path = export_package(
-        _existing_path(checkpoint), out, raw=raw, name=name, license=license,
+        _existing_path(checkpoint), out, raw=raw, name=name, license=license, unit=unit,
         authors=author or ("innerdist user",), overwrite=overwrite,
     )
     typer.echo(f"wrote {path}")

@@ -199,13 +199,13 @@ def load_checkpoint_or_package(path: str | Path) -> Checkpoint:
 # --- writing ---------------------------------------------------------------------------
 
 
-def _config(checkpoint: Checkpoint) -> dict[str, Any]:
+def _config(checkpoint: Checkpoint, unit: str) -> dict[str, Any]:
     """The checkpoint as plain YAML values, without weights and training state."""
     data = checkpoint.to_dict()
     del data["weights"]
     data["training_state"] = None
     data["weights_sha256"] = checkpoint.weights_hash()
-    data["voxel_size_unit"] = "nm"
+    data["voxel_size_unit"] = unit
     # A round trip through JSON turns tuples into lists: what YAML stores and reads back.
     return dict(json.loads(json.dumps(data)))
 
@@ -292,11 +292,11 @@ def _crop_like(image: np.ndarray, like: np.ndarray) -> np.ndarray:
     return image[tuple(slice(s, s + n) for s, n in zip(start, like.shape, strict=True))]
 
 
-def _readme(checkpoint: Checkpoint, name: str) -> str:
+def _readme(checkpoint: Checkpoint, name: str, unit: str) -> str:
     predictor = checkpoint.predictor
     unet = checkpoint.architecture
     axes = "zyx"[3 - unet.dims:]
-    voxel = " x ".join(f"{v} nm" for v in checkpoint.voxel_size)
+    voxel = " x ".join(f"{v} {unit}" for v in checkpoint.voxel_size)
     norm = checkpoint.normalization
     post = checkpoint.postprocessing
     if post is None:
@@ -305,7 +305,7 @@ def _readme(checkpoint: Checkpoint, name: str) -> str:
             "defaults (or pass `--foreground-level`, `--seed-level`, `--min-size`)."
         )
     else:
-        units = {"min_size": " voxels", "seed_dynamic": " nm"}
+        units = {"min_size": " voxels", "seed_dynamic": f" {unit}"}
         items = ", ".join(f"`{k}` = {v}{units.get(k, '')}" for k, v in post.items())
         tuned = (
             f"Tuned on validation data and stored in `config.innerdist.postprocessing`: "
@@ -322,11 +322,10 @@ def _readme(checkpoint: Checkpoint, name: str) -> str:
     )
     return f"""# {name}
 
-A {unet.dims}-D U-Net trained with [innerdist](https://pypi.org/project/innerdist/) to
-predict the **inner distance** of every voxel to the boundary of its object:
-`tanh(d / s)` with `d` the distance in nm and scale factor `s` = {predictor.dt_scale_factor} nm,
-one output channel per class ({", ".join(predictor.channels)}); 0 outside objects, rising
-towards 1 deep inside them.
+A {unet.dims}-D U-Net trained with innerdist to predict the **inner distance** of every
+voxel to the boundary of its object: `tanh(d / s)` with `d` the distance in {unit} and
+scale factor `s` = {predictor.dt_scale_factor} {unit}, one output channel per class
+({", ".join(predictor.channels)}); 0 outside objects, rising towards 1 deep inside them.
 
 - Input `{_INPUT_ID}`: axes batch, channel, {", ".join(axes)}; voxel size {voxel}
   ({axes}); {norm["dtype"]} intensities, normalised as `(raw - {norm["min"]:g}) /
@@ -374,9 +373,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise FileNotFoundError(f"directory {str(out.parent)!r} for {str(out)!r} does not exist")
 
 
-def _axes(checkpoint: Checkpoint, test_input: np.ndarray, v0_5: Any) -> tuple[list, list]:
+def _axes(checkpoint: Checkpoint, v0_5: Any, unit: str) -> tuple[list, list]:
     """Input and output axes: the U-Net's valid input sizes (``min + n * step``) and the
     output size as input size plus a fixed offset (minus twice the context when valid)."""
+    from innerdist.units import ome_unit  # "nanometer" (bioimage.io's name too), px: None
+
     unet = checkpoint.architecture
     names = "zyx"[3 - unet.dims:]
     smallest = unet.valid_input_shape((1,) * unet.dims)
@@ -396,7 +397,7 @@ def _axes(checkpoint: Checkpoint, test_input: np.ndarray, v0_5: Any) -> tuple[li
     for axis, voxel, low, s, offset in zip(
         names, checkpoint.voxel_size, smallest, step, shrink, strict=True
     ):
-        common = {"id": v0_5.AxisId(axis), "unit": "nanometer", "scale": float(voxel)}
+        common = {"id": v0_5.AxisId(axis), "unit": ome_unit(unit), "scale": float(voxel)}
         inputs.append(
             v0_5.SpaceInputAxis(size=v0_5.ParameterizedSize(min=int(low), step=int(s)), **common)
         )
@@ -421,6 +422,7 @@ def _describe(
     authors: Sequence[str],
     license: str,
     test_input: np.ndarray,
+    unit: str,
 ) -> Any:
     """The model description of the files written to ``folder``."""
     import torch
@@ -429,13 +431,13 @@ def _describe(
     dims = unet.dims
     norm = ckpt.normalization
     span = norm["max"] - norm["min"]
-    input_axes, output_axes = _axes(ckpt, test_input, v0_5)
+    input_axes, output_axes = _axes(ckpt, v0_5, unit)
     torch_version = v0_5.Version(torch.__version__.split("+")[0])
     return v0_5.ModelDescr(
         name=name,
         description=(
             f"Inner distance (tanh of the distance to the object boundary over "
-            f"{ckpt.predictor.dt_scale_factor:g} nm) of {', '.join(ckpt.predictor.channels)}"
+            f"{ckpt.predictor.dt_scale_factor:g} {unit}) of {', '.join(ckpt.predictor.channels)}"
             f", {dims}-D, for innerdist segment"
         )[:1024],
         authors=[v0_5.Author(name=a) for a in authors],
@@ -488,7 +490,7 @@ def _describe(
                 parent="pytorch_state_dict",
             ),
         ),
-        config=v0_5.Config(**{PACKAGE_CONFIG_KEY: _config(ckpt)}),
+        config=v0_5.Config(**{PACKAGE_CONFIG_KEY: _config(ckpt, unit)}),
     )
 
 
@@ -501,16 +503,19 @@ def export_package(
     name: str | None = None,
     authors: Sequence[str] = ("innerdist user",),
     license: str = "CC-BY-4.0",
+    unit: str = "nm",
     overwrite: bool = False,
 ) -> Path:
     """Write the checkpoint at ``checkpoint`` as a bioimage.io model package ``out`` (.zip).
 
     ``raw`` (a volume path, the checkpoint's voxel size and dtype) gives the test input:
     the middle of it, the network's prediction input shape; without it a synthetic
-    EM-like image is used. The package is built in a temporary folder and zip next to
-    ``out`` and renamed to ``out`` only when complete; an existing ``out`` is replaced
-    only with ``overwrite``. Returns ``out``. The layout and what ``config.innerdist``
-    holds are described in the module docstring and ``docs/export.md``.
+    EM-like image is used. ``unit`` is the world unit of the checkpoint's voxel size
+    (checkpoints do not record it): ``"nm"``, or ``"px"`` for a network trained on
+    uncalibrated data (axes without a physical unit). The package is built in a
+    temporary folder and zip next to ``out`` and renamed to ``out`` only when complete;
+    an existing ``out`` is replaced only with ``overwrite``. Returns ``out``. The layout
+    and what ``config.innerdist`` holds: the module docstring and ``docs/export.md``.
     """
     import torch
 
@@ -533,6 +538,8 @@ def export_package(
         raise ValueError(
             f"model name must be 5 to 128 letters, digits, spaces or _+-(), got {name!r}"
         )
+    if unit not in ("nm", "px"):
+        raise ValueError(f"unit must be 'nm' or 'px' (the voxel size world unit), got {unit!r}")
     ckpt = load_checkpoint(checkpoint)
     unet = ckpt.architecture
     if name is None:
@@ -575,12 +582,12 @@ def export_package(
             folder / "cover.png",
             dims=dims,
         )
-        (folder / "README.md").write_text(_readme(ckpt, name), encoding="utf-8")
+        (folder / "README.md").write_text(_readme(ckpt, name, unit), encoding="utf-8")
 
         try:
             description = _describe(
                 v0_5, ckpt, folder, name=name, authors=authors, license=license,
-                test_input=test_input,
+                test_input=test_input, unit=unit,
             )
         except ValidationError as e:  # e.g. a license that is not an SPDX id
             first = e.errors()[0]
