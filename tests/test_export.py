@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR
 from innerdist.checkpoint import Checkpoint, random_checkpoint, save_checkpoint
 from innerdist.cli import app
-from innerdist.export import export_package, is_package, load_package
+from innerdist.export import _yaml_loader, export_package, is_package, load_package
 from innerdist.export_unet import InnerDistanceUNet
 from innerdist.normalize import normalize_raw
 from innerdist.predict import predict_array, predict_volume
@@ -73,7 +73,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _rdf(package: Path) -> dict[str, Any]:
     with zipfile.ZipFile(package) as z:
-        return dict(yaml.safe_load(z.read("rdf.yaml")))
+        return dict(yaml.load(z.read("rdf.yaml"), Loader=_yaml_loader()))  # YAML 1.2 floats
 
 
 # --- the package ---------------------------------------------------------------------------
@@ -256,6 +256,22 @@ def test_load_package_gives_back_the_checkpoint(exported, tmp_path):
         assert loaded.postprocessing == ckpt.postprocessing
         assert loaded.voxel_size == ckpt.voxel_size and loaded.iteration == ckpt.iteration
     assert not is_package(exported["checkpoint"])  # torch's zip format, no rdf.yaml
+
+
+def test_numbers_with_exponents_survive_the_yaml(tmp_path):
+    """bioimage.io writes YAML 1.2 (``1e-05``), which YAML 1.1 readers take for a string."""
+    ckpt = random_checkpoint(tiny_unet(2), tiny_predictor(1, scale_factor=1.5e-7), VOXEL,
+                             {"min": -3e-05, "max": 1e20, "dtype": "float32"})
+    ckpt.postprocessing = {"foreground_level": 1e-05, "seed_level": 0.5, "min_size": 3,
+                           "seed_dynamic": 2.5e-9}
+    path = save_checkpoint(tmp_path / "model.pt", ckpt)
+    package = export_package(path, tmp_path / "model.zip")
+    text = zipfile.ZipFile(package).read("rdf.yaml").decode()
+    assert "e-05" in text and "e+20" in text  # written with exponents
+    loaded = load_package(package)
+    assert loaded.normalization == ckpt.normalization
+    assert loaded.postprocessing == ckpt.postprocessing
+    assert loaded.predictor.dt_scale_factor == 1.5e-7
 
 
 def test_round_trip_export_predict_segment_equals_checkpoint(exported):

@@ -69,6 +69,28 @@ _NAME_CHARACTERS = set(string.ascii_letters + string.digits + "_+- ()")
 # --- reading ---------------------------------------------------------------------------
 
 
+def _yaml_loader() -> type:
+    """PyYAML's safe loader, reading numbers with an exponent as YAML 1.2 does.
+
+    bioimage.io writes YAML 1.2, where ``1e-05`` is a float; PyYAML follows YAML 1.1,
+    where a float needs a dot and a signed exponent, and would read a tiny level or
+    intensity as the string ``'1e-05'``.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+    return Loader
+
+
 def _yaml_in_zip(names: Sequence[str]) -> str | None:
     return next((n for n in _YAML_NAMES if n in names), None)
 
@@ -151,7 +173,7 @@ def load_package(path: str | Path) -> Checkpoint:
     files = _PackageFiles(p)
     try:
         try:
-            rdf = yaml.safe_load(files.read(files.yaml_name))
+            rdf = yaml.load(files.read(files.yaml_name), Loader=_yaml_loader())  # a SafeLoader
         except yaml.YAMLError as e:
             raise ValueError(f"package {str(p)!r}: unreadable {files.yaml_name}: {e}") from None
         config = rdf.get("config") if isinstance(rdf, dict) else None
