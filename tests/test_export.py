@@ -400,6 +400,67 @@ def test_load_package_errors(exported, tmp_path):
         load_package(_package_with(exported, tmp_path / "d", drop_weights))
 
 
+def _edit_rdf(change: Any) -> Any:
+    def edit(folder: Path) -> None:
+        rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+        change(rdf)
+        (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    return edit
+
+
+def _write_junk_weights(folder: Path) -> None:
+    (folder / "weights.pt").write_bytes(b"junk")
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    rdf["weights"]["pytorch_state_dict"]["sha256"] = hashlib.sha256(b"junk").hexdigest()
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda f: (f / "rdf.yaml").write_text("config: [unclosed"), "unreadable rdf.yaml"),
+        (_edit_rdf(lambda rdf: rdf["weights"].pop("pytorch_state_dict")),
+         "has no pytorch_state_dict weights"),
+        (_edit_rdf(lambda rdf: rdf["weights"]["pytorch_state_dict"].update(
+            source="../../model.pt")), "names a file outside it"),
+        (_write_junk_weights, "unreadable state dict"),
+        (_edit_rdf(lambda rdf: rdf["config"]["innerdist"]["voxel_size"].append(4)),
+         "is invalid: voxel_size"),
+    ],
+    ids=["bad-yaml", "no-state-dict", "outside", "junk-weights", "bad-config"],
+)
+def test_load_package_refuses_broken_packages(exported, tmp_path, edit, message):
+    with pytest.raises(ValueError, match=message):
+        load_package(_package_with(exported, tmp_path, edit))
+
+
+def test_export_package_errors(exported, tmp_path):
+    ckpt = exported["checkpoint"]
+    (tmp_path / "dir.zip").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        export_package(ckpt, tmp_path / "dir.zip")
+    copy = tmp_path / "model.zip"
+    copy.write_bytes(Path(ckpt).read_bytes())
+    with pytest.raises(ValueError, match="is the checkpoint"):
+        export_package(copy, copy, overwrite=True)
+    with pytest.raises(ValueError, match="authors must be a list of names"):
+        export_package(ckpt, tmp_path / "m.zip", authors="A. Author")
+    raw = _raw_image((72, 80))
+    cases = {
+        "voxel": (write(tmp_path / "r.zarr" / "voxel", raw, (8, 8)), "voxel size"),
+        "dtype": (write(tmp_path / "r.zarr" / "dtype", raw.astype(np.uint16), VOXEL),
+                  "is uint16; the network was trained on uint8"),
+        "small": (write(tmp_path / "r.zarr" / "small", raw[:30, :30], VOXEL),
+                  "smaller than the network's prediction input"),
+        "channels": (write(tmp_path / "r.zarr" / "channels", np.stack([raw, raw]), VOXEL,
+                           channels=True), "has 2 channel"),
+    }
+    for path, message in cases.values():
+        with pytest.raises(ValueError, match=message):
+            export_package(ckpt, tmp_path / "m.zip", raw=path)
+    assert not (tmp_path / "m.zip").exists()
+
+
 def _one_error_line(result: Any, code: int) -> str:
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
