@@ -365,10 +365,12 @@ innerdist predict model.zip data.zarr/raw data.zarr/prediction
 innerdist segment data.zarr/prediction data.zarr/instances
 ```
 
-`innerdist predict` takes this package in place of a checkpoint and predicts
-blockwise, of any size. With other tools: threshold the prediction at the foreground
-level, seed at the seed level, and grow the seeds by a watershed on the negated
-prediction inside the foreground.
+`innerdist predict` takes this package in place of a checkpoint and predicts volumes
+of any size blockwise. With other tools: the foreground is the prediction above the
+foreground level; seeds are the components above the seed level (with `seed_dynamic`
+> 0, also the maxima of the inner distance `s * atanh(prediction)` that rise that far
+above their saddles); the seeds grow by a watershed on the negated prediction over the
+foreground, and objects below `min_size` voxels are dropped.
 
 ## Validation
 
