@@ -31,6 +31,8 @@ _EXPORTS = {
     "Checkpoint": "innerdist.checkpoint",
     "load_checkpoint": "innerdist.checkpoint",
     "save_checkpoint": "innerdist.checkpoint",
+    "export_package": "innerdist.export",
+    "load_package": "innerdist.export",
     "predict_array": "innerdist.predict",
     "predict_volume": "innerdist.predict",
     "instances": "innerdist.watershed",
@@ -66,10 +68,12 @@ __all__ = [
     "compute_targets",
     "create_volume",
     "evaluate_volumes",
+    "export_package",
     "instance_scores",
     "instances",
     "load_checkpoint",
     "load_config",
+    "load_package",
     "open_volume",
     "predict_array",
     "predict_volume",
@@ -96,6 +100,7 @@ if TYPE_CHECKING:
     from innerdist.demo import run_demo
     from innerdist.distance import boundary_distance
     from innerdist.evaluate import binary_scores, evaluate_volumes, instance_scores
+    from innerdist.export import export_package, load_package
     from innerdist.inner_distance import InnerDistancePredictor
     from innerdist.model import Model
     from innerdist.predict import predict_array, predict_volume
