@@ -31,27 +31,14 @@ from typing import Any
 import torch
 from funlib.geometry import Coordinate
 
+from innerdist.export_unet import _ACTIVATIONS, UNetBody
+
 __all__ = ["ACTIVATIONS", "Architecture", "UNet"]
 
 # Element-wise activations that take no required arguments; looked up by name in torch.nn
 # (never eval'd). Channel-mixing ones (Softmax, GLU) would break the channel bookkeeping.
-ACTIVATIONS: tuple[str, ...] = (
-    "ReLU",
-    "LeakyReLU",
-    "PReLU",
-    "ELU",
-    "CELU",
-    "SELU",
-    "GELU",
-    "SiLU",
-    "Mish",
-    "ReLU6",
-    "Hardswish",
-    "Tanh",
-    "Sigmoid",
-    "Softplus",
-    "Softsign",
-)
+# Defined with the network itself, which exported packages carry on its own.
+ACTIVATIONS: tuple[str, ...] = _ACTIVATIONS
 
 _PADDINGS = ("valid", "same")
 _UPSAMPLES = ("transposed", "nearest")
@@ -586,82 +573,29 @@ class UNet(Architecture):
         return size, None
 
 
-class _ConvBlock(torch.nn.Sequential):
-    """Convolutions, each followed by optional batch norm and the activation."""
+class _UNetModule(UNetBody):
+    """The ``torch.nn.Module`` built by :meth:`UNet.module`; input ``(N, C, *spatial)``.
 
-    def __init__(self, unet: UNet, in_channels: int, out_channels: int, kernels: Any) -> None:
-        conv = torch.nn.Conv2d if unet.dims == 2 else torch.nn.Conv3d
-        norm = torch.nn.BatchNorm2d if unet.dims == 2 else torch.nn.BatchNorm3d
-        layers: list[torch.nn.Module] = []
-        channels = in_channels
-        for kernel in kernels:
-            layers.append(conv(channels, out_channels, tuple(kernel), padding=unet.padding))
-            if unet.batch_norm:
-                layers.append(norm(out_channels))
-            layers.append(getattr(torch.nn, unet.activation)())
-            channels = out_channels
-        super().__init__(*layers)
-
-
-def _center_crop(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
-    """Crop the spatial axes of ``x`` to ``spatial``, removing equal amounts on both sides
-    (the difference is even: see the odd-kernel rule in :class:`UNet`)."""
-    slices = [slice(None), slice(None)]
-    for have, want in zip(x.shape[2:], spatial, strict=True):
-        start = (have - want) // 2
-        slices.append(slice(start, start + want))
-    return x[tuple(slices)]
-
-
-class _UNetModule(torch.nn.Module):
-    """The ``torch.nn.Module`` built by :meth:`UNet.module`; input ``(N, C, *spatial)``."""
+    The layers are :class:`innerdist.export_unet.UNetBody`'s, the one definition of the
+    network that exported packages carry too; this adds the checks of the input's shape.
+    """
 
     def __init__(self, unet: UNet) -> None:
-        super().__init__()
+        super().__init__(
+            unet.dims,
+            unet.num_in_channels,
+            unet.num_fmaps,
+            unet.num_out_channels,
+            unet.fmap_inc_factor,
+            [list(f) for f in unet.downsample_factors],
+            [[list(k) for k in level] for level in unet.kernel_size_down],
+            [[list(k) for k in level] for level in unet.kernel_size_up],
+            unet.padding,
+            unet.activation,
+            unet.upsample,
+            unet.batch_norm,
+        )
         self.unet = unet
-        dims = unet.dims
-        levels = unet.num_levels
-        pool = torch.nn.MaxPool2d if dims == 2 else torch.nn.MaxPool3d
-        transposed = torch.nn.ConvTranspose2d if dims == 2 else torch.nn.ConvTranspose3d
-
-        def out_channels(level: int, last: bool) -> int:
-            return unet.num_out_channels if (level == 0 and last) else unet.fmaps_at(level)
-
-        self.down = torch.nn.ModuleList()
-        self.pool = torch.nn.ModuleList()
-        channels = unet.num_in_channels
-        for level in range(levels + 1):
-            # Without downsampling, the level-0 down block is the whole network.
-            out = out_channels(level, last=levels == 0)
-            self.down.append(_ConvBlock(unet, channels, out, unet.kernel_size_down[level]))
-            channels = out
-            if level < levels:
-                factor = tuple(unet.downsample_factors[level])
-                self.pool.append(pool(factor, stride=factor))
-
-        self.upsample = torch.nn.ModuleList()
-        self.up = torch.nn.ModuleList()
-        for level in range(levels):
-            factor = tuple(unet.downsample_factors[level])
-            below = unet.fmaps_at(level + 1)
-            if unet.upsample == "transposed":
-                self.upsample.append(
-                    transposed(below, unet.fmaps_at(level), factor, stride=factor)
-                )
-                concatenated = 2 * unet.fmaps_at(level)
-            else:
-                self.upsample.append(
-                    torch.nn.Upsample(scale_factor=tuple(float(f) for f in factor), mode="nearest")
-                )
-                concatenated = below + unet.fmaps_at(level)
-            self.up.append(
-                _ConvBlock(
-                    unet,
-                    concatenated,
-                    out_channels(level, last=True),
-                    unet.kernel_size_up[level],
-                )
-            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != self.unet.dims + 2:
@@ -676,15 +610,4 @@ class _UNetModule(torch.nn.Module):
             )
         # Pooling would silently floor an invalid shape and misalign the skip connections.
         self.unet.output_shape(tuple(int(s) for s in x.shape[2:]))
-
-        skips = []
-        for level in range(self.unet.num_levels):
-            x = self.down[level](x)
-            skips.append(x)
-            x = self.pool[level](x)
-        x = self.down[self.unet.num_levels](x)
-        for level in reversed(range(self.unet.num_levels)):
-            x = self.upsample[level](x)
-            skip = _center_crop(skips[level], tuple(x.shape[2:]))
-            x = self.up[level](torch.cat([skip, x], dim=1))
-        return x
+        return super().forward(x)

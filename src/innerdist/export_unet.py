@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["InnerDistanceUNet"]
+__all__ = ["InnerDistanceUNet", "UNetBody"]
 
-# The element-wise activations innerdist allows (innerdist.architecture.ACTIVATIONS).
+# The element-wise activations innerdist allows (exposed as innerdist.architecture.ACTIVATIONS).
 _ACTIVATIONS = (
     "ReLU", "LeakyReLU", "PReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Mish", "ReLU6",
     "Hardswish", "Tanh", "Sigmoid", "Softplus", "Softsign",
@@ -62,7 +62,9 @@ def _center_crop(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class _Body(nn.Module):
+class UNetBody(nn.Module):
+    """The U-Net without its head: innerdist's ``UNet.module()`` is this network."""
+
     def __init__(
         self,
         dims: int,
@@ -159,7 +161,7 @@ class InnerDistanceUNet(nn.Module):
             raise ValueError(f"activation must be one of {list(_ACTIVATIONS)}, got {activation!r}")
         if upsample not in ("transposed", "nearest") or padding not in ("valid", "same"):
             raise ValueError(f"unknown upsample {upsample!r} or padding {padding!r}")
-        body = _Body(
+        body = UNetBody(
             dims, num_in_channels, num_fmaps, num_fmaps_out, fmap_inc_factor,
             downsample_factors, kernel_size_down, kernel_size_up, padding, activation,
             upsample, batch_norm,
