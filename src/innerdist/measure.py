@@ -7,7 +7,7 @@ object id; the tables are merged once at the end. Every column is a sum, a minim
 maximum over voxels (or Chan's merge of means and squared deviations for the intensity
 std), so the result does not depend on how the volume is cut::
 
-    block read with one voxel of context (zero outside the volume)
+    block read with its face neighbours (zero outside the volume)
     +---------------------------+
     |  +---------------------+  |   counted here: the block's own voxels, and every
     |  | write block         |  |   face of those voxels whose neighbour (inside the
@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from funlib.geometry import Coordinate, Roi
+from numba import njit
 
 __all__ = [
     "SURFACE_CORRECTION",
@@ -54,6 +55,7 @@ __all__ = [
     "measure_volume",
     "merge_stats",
     "outputs_for",
+    "read_with_faces",
 ]
 
 #: Factor from the exposed voxel faces to the surface estimate: the mean of
@@ -81,6 +83,60 @@ def _factorize(values: npt.NDArray[Any]) -> tuple[npt.NDArray[Any], npt.NDArray[
     return ids, np.repeat(run_index.reshape(-1), lengths)
 
 
+@njit(cache=True, nogil=True)
+def _block_kernel(  # pragma: no cover - compiled; tested through block_stats
+    padded: Any, index: Any, n: int, intensities: Any, with_intensities: bool,
+    flat_first_axis: bool,
+) -> tuple[Any, ...]:
+    """One pass over a 3-D block (``padded`` holds one voxel of context per side; ids as
+    uint64). ``index[k]`` is the row of the k-th foreground voxel in C order. With
+    ``flat_first_axis`` (a 2-D block stacked into 3-D) no faces are counted along axis 0.
+    Intensity moments use Welford's update (no sum of squares)."""
+    nz, ny, nx = padded.shape[0] - 2, padded.shape[1] - 2, padded.shape[2] - 2
+    count = np.zeros(n, np.int64)
+    index_sum = np.zeros((n, 3), np.int64)
+    box_lo = np.full((n, 3), np.iinfo(np.int64).max, np.int64)
+    box_hi = np.full((n, 3), -1, np.int64)
+    faces = np.zeros((n, 3), np.int64)
+    total = np.zeros(n)
+    mean = np.zeros(n)
+    m2 = np.zeros(n)
+    lowest = np.full(n, np.inf)
+    highest = np.full(n, -np.inf)
+    k = 0
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                v = padded[z + 1, y + 1, x + 1]
+                if v == 0:
+                    continue
+                r = index[k]
+                k += 1
+                count[r] += 1
+                for d, c in ((0, z), (1, y), (2, x)):
+                    index_sum[r, d] += c
+                    if c < box_lo[r, d]:
+                        box_lo[r, d] = c
+                    if c + 1 > box_hi[r, d]:
+                        box_hi[r, d] = c + 1
+                p = padded
+                if not flat_first_axis:
+                    faces[r, 0] += (p[z, y + 1, x + 1] != v) + (p[z + 2, y + 1, x + 1] != v)
+                faces[r, 1] += (p[z + 1, y, x + 1] != v) + (p[z + 1, y + 2, x + 1] != v)
+                faces[r, 2] += (p[z + 1, y + 1, x] != v) + (p[z + 1, y + 1, x + 2] != v)
+                if with_intensities:
+                    w = intensities[z, y, x]
+                    total[r] += w
+                    delta = w - mean[r]
+                    mean[r] += delta / count[r]
+                    m2[r] += delta * (w - mean[r])
+                    if w < lowest[r]:
+                        lowest[r] = w
+                    if w > highest[r]:
+                        highest[r] = w
+    return count, index_sum, box_lo, box_hi, faces, total, m2, lowest, highest
+
+
 def block_stats(
     padded: npt.NDArray[Any],
     first_voxel: Sequence[int],
@@ -89,7 +145,8 @@ def block_stats(
     """The mergeable per-object sums of one block.
 
     ``padded`` holds the block's ids with one voxel of context on every side (0 outside
-    the volume); ``first_voxel`` is the global voxel index of the block's first voxel;
+    the volume; only the face neighbours are looked at, not edges and corners);
+    ``first_voxel`` is the global voxel index of the block's first voxel;
     ``intensities`` (optional) has the block's shape, without context. Returns arrays
     with one entry (row) per id present in the block, ids sorted, 0 left out.
 
@@ -101,61 +158,39 @@ def block_stats(
     [[4, 2]]
     """
     dims = padded.ndim
-    inner_slices = (slice(1, -1),) * dims
-    inner = padded[inner_slices]
+    if dims not in (2, 3):
+        raise ValueError(f"expected a 2-D or 3-D block, got shape {padded.shape}")
+    inner = padded[(slice(1, -1),) * dims]
     if intensities is not None and intensities.shape != inner.shape:
         raise ValueError(
             f"intensities of shape {intensities.shape} do not match the block {inner.shape}"
         )
-    foreground = inner != 0
-    values = inner[foreground]
-    ids, index = _factorize(values)
-    n = len(ids)
-    count = np.bincount(index, minlength=n).astype(np.int64)
-    coords = np.nonzero(foreground)
+    ids, index = _factorize(inner[inner != 0])
+    as_ids = padded.astype(np.uint64, copy=False)  # equality is all the kernel needs
+    values = np.zeros((1, 1, 1))
+    if intensities is not None:
+        values = intensities.astype(np.float64, copy=False)
+    if dims == 2:
+        stacked = np.zeros((3, *padded.shape), np.uint64)
+        stacked[1] = as_ids
+        as_ids = stacked
+        values = values[np.newaxis] if intensities is not None else values
+    count, index_sum, box_lo, box_hi, faces, total, m2, lowest, highest = _block_kernel(
+        np.ascontiguousarray(as_ids), index, len(ids), np.ascontiguousarray(values),
+        intensities is not None, dims == 2,
+    )
     lo = np.asarray(first_voxel, np.int64)
-    index_sum = np.zeros((n, dims), np.int64)
-    box_lo = np.zeros((n, dims), np.int64)
-    box_hi = np.zeros((n, dims), np.int64)
-    for d, c in enumerate(coords):
-        # float64 weights are exact here: a block's index sums stay far below 2**53
-        index_sum[:, d] = np.rint(np.bincount(index, weights=c, minlength=n)).astype(np.int64)
-        index_sum[:, d] += count * lo[d]
-        first = np.full(n, np.iinfo(np.int64).max, np.int64)
-        last = np.full(n, -1, np.int64)
-        np.minimum.at(first, index, c)
-        np.maximum.at(last, index, c)
-        box_lo[:, d] = first + lo[d]
-        box_hi[:, d] = last + 1 + lo[d]
-    faces = np.zeros((n, dims), np.int64)
-    for d in range(dims):
-        for step in (-1, 1):
-            shifted = tuple(
-                slice(1 + step, padded.shape[a] - 1 + step) if a == d else slice(1, -1)
-                for a in range(dims)
-            )
-            exposed = (inner != padded[shifted])[foreground]
-            faces[:, d] += np.bincount(index[exposed], minlength=n)
+    axes = slice(3 - dims, 3)
     stats: dict[str, npt.NDArray[Any]] = {
         "ids": ids,
         "count": count,
-        "index_sum": index_sum,
-        "box_lo": box_lo,
-        "box_hi": box_hi,
-        "faces": faces,
+        "index_sum": index_sum[:, axes] + count[:, None] * lo,
+        "box_lo": box_lo[:, axes] + lo,
+        "box_hi": box_hi[:, axes] + lo,
+        "faces": faces[:, axes],
     }
     if intensities is not None:
-        v = intensities[foreground].astype(np.float64)
-        total = np.bincount(index, weights=v, minlength=n)
-        mean = total / np.maximum(count, 1)
-        lowest = np.full(n, np.inf)
-        highest = np.full(n, -np.inf)
-        np.minimum.at(lowest, index, v)
-        np.maximum.at(highest, index, v)
-        stats["sum"] = total
-        stats["m2"] = np.bincount(index, weights=(v - mean[index]) ** 2, minlength=n)
-        stats["min"] = lowest
-        stats["max"] = highest
+        stats.update({"sum": total, "m2": m2, "min": lowest, "max": highest})
     return stats
 
 
@@ -341,16 +376,46 @@ def _save_npz(path: Path, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
         raise
 
 
+def read_with_faces(array: Any, write_roi: Roi) -> npt.NDArray[Any]:
+    """``array[write_roi]`` with one voxel of context on every side, of which only the
+    face neighbours are read (0 outside the volume; edges and corners stay 0).
+
+    Reading the six one-voxel slabs rather than the grown ROI decodes the chunks across
+    the block's faces only, not those across its edges and corners (27 chunks per block
+    when blocks are chunks, against 7).
+    """
+    from innerdist.volumes import read
+
+    voxel = Coordinate(array.voxel_size)
+    shape = write_roi.shape / voxel
+    lead = (slice(None),) * array.channel_dims
+    channel_shape = tuple(array.shape[: array.channel_dims])
+    out = np.zeros((*channel_shape, *(s + 2 for s in shape)), array.dtype)
+    out[lead + (slice(1, -1),) * voxel.dims] = read(array, write_roi)
+    for d in range(voxel.dims):
+        for side in (0, -1):
+            begin = list(write_roi.begin)
+            begin[d] = write_roi.begin[d] - voxel[d] if side == 0 else write_roi.end[d]
+            size = list(write_roi.shape)
+            size[d] = voxel[d]
+            slab = Roi(begin, size)
+            if not array.roi.contains(slab):
+                continue  # outside the volume: stays 0
+            where = tuple(side if a == d else slice(1, -1) for a in range(voxel.dims))
+            out[lead + where] = read(array, slab).reshape(out[lead + where].shape)
+    return out
+
+
 def measure_block_function(*, job: dict[str, Any]) -> Callable[[Roi, Roi], None]:
     """The per-block work of :func:`measure_volume`, rebuilt from JSON parameters (so a
     cluster worker can build it from the job file)."""
     spec = _job_from_dict(job)
 
     def process(read_roi: Roi, write_roi: Roi) -> None:
-        from innerdist.volumes import open_volume, read, read_padded
+        from innerdist.volumes import open_volume, read
 
         number, first = spec.locate(write_roi)
-        labels = read_padded(open_volume(spec.instances), read_roi)
+        labels = read_with_faces(open_volume(spec.instances), write_roi)
         if not spec.has_channel_axis:
             labels = labels[np.newaxis]
         values = None
@@ -774,7 +839,7 @@ def measure_volume(
             "measure",
             total_roi=Roi(job.offset, Coordinate(job.shape) * voxel),
             block_shape=Coordinate(job.block) * voxel,
-            context=voxel,
+            context=Coordinate((0,) * voxel.dims),  # blocks read their faces themselves
             process=block_function.build(),
             tracking_dir=tracking,
             num_workers=num_workers,
