@@ -39,6 +39,7 @@ _EXPORTS = {
     "evaluate_volumes": "innerdist.evaluate",
     "binary_scores": "innerdist.evaluate",
     "instance_scores": "innerdist.evaluate",
+    "measure_volume": "innerdist.measure",
     "compute_targets": "innerdist.targets",
     "TrainConfig": "innerdist.config",
     "load_config": "innerdist.config",
@@ -70,6 +71,7 @@ __all__ = [
     "instances",
     "load_checkpoint",
     "load_config",
+    "measure_volume",
     "open_volume",
     "predict_array",
     "predict_volume",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
     from innerdist.distance import boundary_distance
     from innerdist.evaluate import binary_scores, evaluate_volumes, instance_scores
     from innerdist.inner_distance import InnerDistancePredictor
+    from innerdist.measure import measure_volume
     from innerdist.model import Model
     from innerdist.predict import predict_array, predict_volume
     from innerdist.predictor import Predictor
