@@ -565,3 +565,32 @@ def test_workers_through_a_worker_command(tmp_path: Path) -> None:
     result = measure_volume(inst, tmp_path / "o.csv", block_shape=(5, 5), num_workers=2,
                             worker_command=submit, progress=False)
     check_against_regionprops(by_id(read_csv(result.table)), labels, (4, 4), (0, 0))
+
+
+@pytest.mark.slow
+def test_sigkill_then_the_same_command_resumes(tmp_path: Path) -> None:
+    """A real kill: the CLI in a subprocess, SIGKILLed once some block tables exist."""
+    import signal
+    import subprocess
+    import time
+
+    labels = np.random.default_rng(8).integers(0, 30, size=(60, 240)).astype(np.uint32)
+    labels = np.repeat(labels, 4, axis=0)
+    inst = write_volume(tmp_path / "d.zarr/inst", labels, (8, 8), channels=False)
+    out = tmp_path / "o.csv"
+    command = [sys.executable, "-m", "innerdist", "measure", inst, "--out", str(out),
+               "--block-shape", "12,12"]
+    blocks = tmp_path / ".innerdist-blocks" / "o.csv" / "blocks"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(blocks.glob("*.npz"))) < 20:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list(blocks.glob("*.npz")))
+    assert 20 <= done < 20 * 20, done  # killed part way
+    assert not out.exists()
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    check_against_regionprops(by_id(read_csv(out)), labels, (8, 8), (0, 0))
+    assert not blocks.exists()
