@@ -17,7 +17,7 @@ std), so the result does not depend on how the volume is cut::
 
 Per block and object: voxel count, the sum of the voxels' indices (int64: exact), the
 first and last index per axis, the exposed faces per axis, and with intensities their
-count-weighted sum, sum of squared deviations from the block mean, minimum and maximum.
+sum, sum of squared deviations from the block mean (Welford), minimum and maximum.
 The partial tables are ``.npz`` files in the job folder ``<out dir>/.innerdist-blocks/
 <out name>/`` (written atomically, next to daisy's block tracking), so a killed job run
 again skips the blocks it finished. Definitions of the columns: ``docs/measure.md``.
@@ -410,17 +410,28 @@ def measure_block_function(*, job: dict[str, Any]) -> Callable[[Roi, Roi], None]
     """The per-block work of :func:`measure_volume`, rebuilt from JSON parameters (so a
     cluster worker can build it from the job file)."""
     spec = _job_from_dict(job)
+    # Opened on first use in the process that runs the blocks (this closure is built
+    # fresh per job and sent to workers unused): opening costs as much as reading a small
+    # block.
+    opened: dict[str, Any] = {}
+
+    def volume(path: str) -> Any:
+        from innerdist.volumes import open_volume
+
+        if path not in opened:
+            opened[path] = open_volume(path)
+        return opened[path]
 
     def process(read_roi: Roi, write_roi: Roi) -> None:
-        from innerdist.volumes import open_volume, read
+        from innerdist.volumes import read
 
         number, first = spec.locate(write_roi)
-        labels = read_with_faces(open_volume(spec.instances), write_roi)
+        labels = read_with_faces(volume(spec.instances), write_roi)
         if not spec.has_channel_axis:
             labels = labels[np.newaxis]
         values = None
         if spec.raw is not None:
-            values = read(open_volume(spec.raw), write_roi)
+            values = read(volume(spec.raw), write_roi)
             if spec.raw_has_channel_axis:
                 values = values[0]
         parts: dict[str, npt.NDArray[Any]] = {}
@@ -746,11 +757,11 @@ def _prepare(
             )
     existing = [p for p in (table, *companions) if p.exists()]
     if existing:
-        summary = _read_summary(companions[0])
-        ours = summary is not None and isinstance(summary.get("job"), dict) and \
-            summary["job"].get("command") == "measure"
-        if ours and summary is not None and summary["job"] == identity and not overwrite \
-                and table.exists():
+        summary = _read_summary(companions[0]) or {}
+        recorded_job = summary.get("job")
+        ours = isinstance(recorded_job, dict) and recorded_job.get("command") == "measure"
+        finished = recorded_job == identity and summary.get("table") == table.name
+        if finished and table.exists() and not overwrite:
             return True
         if not overwrite:
             raise FileExistsError(
