@@ -613,7 +613,8 @@ def _plot(path: Path, summary: Mapping[str, Any], dims: int) -> None:
     from innerdist.plots import _figure, _save
 
     channels = summary["channels"]
-    fig = _figure(6, 2.6 * len(channels) + 0.6)
+    height = 2.6 * len(channels) + 0.6
+    fig = _figure(6, height)
     for i, entry in enumerate(channels):
         ax = fig.add_subplot(len(channels), 1, i + 1)
         edges = np.asarray(entry["histogram"]["edges"])
@@ -630,7 +631,9 @@ def _plot(path: Path, summary: Mapping[str, Any], dims: int) -> None:
             f"{100 * entry['volume_fraction']:.3g}% of the volume"
         )
         ax.grid(alpha=0.3)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.9, hspace=0.6)
+    # margins in inches: room for the lowest x label and the first title at any height
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.55 / height, top=1 - 0.35 / height,
+                        hspace=0.6)
     _save(fig, path)
 
 
