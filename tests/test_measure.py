@@ -596,3 +596,28 @@ def test_sigkill_then_the_same_command_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     check_against_regionprops(by_id(read_csv(out)), labels, (8, 8), (0, 0))
     assert not blocks.exists()
+
+
+def test_a_lost_block_table_is_named_and_overwrite_starts_afresh(tmp_path, monkeypatch):
+    labels = np.arange(48, dtype=np.uint16).reshape(6, 8) % 5
+    inst = write_volume(tmp_path / "d.zarr/inst", labels, (2, 2), channels=False)
+    out = tmp_path / "o.csv"
+    real = measure_module.block_stats
+    calls = {"n": 0}
+
+    def dying(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(measure_module, "block_stats", dying)
+        with pytest.raises(RuntimeError):
+            measure_volume(inst, out, block_shape=(2, 2), progress=False)
+    blocks = tmp_path / ".innerdist-blocks" / "o.csv" / "blocks"
+    sorted(blocks.glob("*.npz"))[0].unlink()  # a table daisy counts as done
+    with pytest.raises(FileNotFoundError, match="is missing although daisy recorded"):
+        measure_volume(inst, out, block_shape=(2, 2), progress=False)
+    result = measure_volume(inst, out, block_shape=(2, 2), overwrite=True, progress=False)
+    check_against_regionprops(by_id(read_csv(result.table)), labels, (2, 2), (0, 0))

@@ -281,7 +281,9 @@ def _columns(
         names[4]: face_total * SURFACE_CORRECTION[dims],
         names[5]: face_total,
     }
-    centroid = offset + vs * (merged["index_sum"] / count[:, None])
+    # quotient and remainder: exact however large the index sums grow (past 2**53)
+    whole, rest = np.divmod(merged["index_sum"], count[:, None])
+    centroid = offset + vs * (whole + rest / count[:, None])
     begin = offset + vs * merged["box_lo"]
     end = offset + vs * merged["box_hi"]
     for d in range(dims):
@@ -450,7 +452,7 @@ def _merge_job(job: _Job) -> list[dict[str, npt.NDArray[Any]]]:
     for number in range(job.num_blocks):
         path = job.blocks_dir / f"{number}.npz"
         if not path.is_file():
-            raise RuntimeError(
+            raise FileNotFoundError(
                 f"block table {str(path)!r} is missing although daisy recorded the block as "
                 "done (was the job folder edited?); run the same command with --overwrite"
             )
@@ -743,26 +745,27 @@ def _prepare(
 ) -> bool:
     """Decide between a fresh run, a resumed one and nothing to do (returns True).
 
-    A job folder of the same job is resumed; of another job it is refused unless
-    ``overwrite``. Existing outputs are replaced only by ``overwrite`` and only when their
-    summary shows ``innerdist measure`` wrote them; the same finished job is a no-op.
+    A job folder of the same job is resumed; of another job it is refused. ``overwrite``
+    starts afresh, replacing existing outputs only when their summary shows ``innerdist
+    measure`` wrote them. The same finished job is a no-op.
     """
     identity = json.loads(json.dumps(job.identity()))
     job_file = tracking / "job.json"
-    if job_file.is_file():
-        recorded = _read_summary(job_file)
-        if recorded == identity:
+    if job_file.is_file() and not overwrite:
+        if _read_summary(job_file) == identity:
             return False  # resume: the outputs, if any, are this job's
-        if not overwrite:
-            raise FileExistsError(
-                f"{str(tracking)!r} holds an unfinished measure job of other inputs or "
-                f"parameters writing {str(table)!r}; pass --overwrite to replace it"
-            )
+        raise FileExistsError(
+            f"{str(tracking)!r} holds an unfinished measure job of other inputs or "
+            f"parameters writing {str(table)!r}; pass --overwrite to replace it"
+        )
     existing = [p for p in (table, *companions) if p.exists()]
     if existing:
         summary = _read_summary(companions[0]) or {}
         recorded_job = summary.get("job")
-        ours = isinstance(recorded_job, dict) and recorded_job.get("command") == "measure"
+        # an unfinished run of this output (its job folder) wrote what it left behind
+        ours = job_file.is_file() or (
+            isinstance(recorded_job, dict) and recorded_job.get("command") == "measure"
+        )
         finished = recorded_job == identity and summary.get("table") == table.name
         if finished and table.exists() and not overwrite:
             return True
