@@ -621,3 +621,19 @@ def test_a_lost_block_table_is_named_and_overwrite_starts_afresh(tmp_path, monke
         measure_volume(inst, out, block_shape=(2, 2), progress=False)
     result = measure_volume(inst, out, block_shape=(2, 2), overwrite=True, progress=False)
     check_against_regionprops(by_id(read_csv(result.table)), labels, (2, 2), (0, 0))
+
+
+@pytest.mark.slow
+def test_a_cluster_worker_killed_part_way_is_replaced(tmp_path, monkeypatch) -> None:
+    submit = f"{sys.executable} {Path(__file__).parent / 'fake_submit.py'} {{command}}"
+    labels = np.random.default_rng(9).integers(0, 7, size=(40, 40)).astype(np.uint64)
+    inst = write_volume(tmp_path / "d.zarr/inst", labels, (4, 4), channels=False)
+    blocks = tmp_path / "out" / ".innerdist-blocks" / "o.csv" / "blocks"
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setenv("FAKE_SUBMIT_KILL_AFTER", f"{blocks}:5")
+    monkeypatch.setenv("FAKE_SUBMIT_PIDS", str(pids))
+    result = measure_volume(inst, tmp_path / "out" / "o.csv", block_shape=(5, 5),
+                            worker_command=submit, progress=False)
+    assert len(list(pids.iterdir())) >= 2  # the one worker was killed and replaced
+    check_against_regionprops(by_id(read_csv(result.table)), labels, (4, 4), (0, 0))
