@@ -586,7 +586,8 @@ def _summary(
 def _summary_line(entry: Mapping[str, Any], dims: int) -> str:
     """``channel 0: 12 objects, 3.4% of the volume, volume median ...`` (printed)."""
     line = (
-        f"channel {entry['channel']}: {entry['objects']} objects, "
+        f"channel {entry['channel']}: {entry['objects']} "
+        f"object{'' if entry['objects'] == 1 else 's'}, "
         f"{100 * entry['volume_fraction']:.3g}% of the volume"
     )
     if entry["objects"]:
