@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from skimage.measure import regionprops
 from test_evaluate import write_volume
+from test_faults import disk  # noqa: F401  (the tmpfs fixture)
 from typer.testing import CliRunner
 
 from innerdist import measure as measure_module
@@ -637,3 +638,32 @@ def test_a_cluster_worker_killed_part_way_is_replaced(tmp_path, monkeypatch) -> 
                             worker_command=submit, progress=False)
     assert len(list(pids.iterdir())) >= 2  # the one worker was killed and replaced
     check_against_regionprops(by_id(read_csv(result.table)), labels, (4, 4), (0, 0))
+
+
+# --------------------------------------------------------------------------------------
+# real faults: tmpfs mounts (root only), as in test_faults
+
+
+def test_read_only_folder_and_full_disk_are_one_line_exit_1_then_resume(
+    disk: dict[str, Path],  # noqa: F811  (the fixture imported from test_faults)
+    tmp_path: Path,
+) -> None:
+    from test_faults import _grow, _one_fault_line
+
+    labels = np.random.default_rng(10).integers(0, 3000, (96, 96)).astype(np.uint32)
+    inst = write_volume(tmp_path / "d.zarr/inst", labels, (4, 4), channels=False)
+    read_only = runner.invoke(app, ["measure", inst, "--out", str(disk["ro"] / "o.csv")])
+    line = _one_fault_line(read_only, "measure", "read-only file system (errno EROFS)")
+    assert str(disk["ro"]) in line
+
+    out = disk["full"] / "o.csv"  # ~2900 objects: tables far beyond the 48 KiB left
+    args = ["measure", inst, "--out", str(out), "--block-shape", "48,48"]
+    full = runner.invoke(app, args)
+    line = _one_fault_line(full, "measure", "no space left on device (errno ENOSPC)")
+    assert "free space, then run the same command" in line
+    assert not out.exists() and not (disk["full"] / "o.summary.json").exists()
+    _grow(disk["full"])
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    reference = measure_volume(inst, tmp_path / "o.csv", block_shape=(48, 48), progress=False)
+    assert out.read_bytes() == reference.table.read_bytes()
