@@ -597,6 +597,9 @@ def test_sigkill_then_the_same_command_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     check_against_regionprops(by_id(read_csv(out)), labels, (8, 8), (0, 0))
     assert not blocks.exists()
+    uninterrupted = measure_volume(inst, tmp_path / "ref.csv", block_shape=(12, 12),
+                                   progress=False)
+    assert out.read_bytes() == uninterrupted.table.read_bytes()
 
 
 def test_a_lost_block_table_is_named_and_overwrite_starts_afresh(tmp_path, monkeypatch):
@@ -667,3 +670,29 @@ def test_read_only_folder_and_full_disk_are_one_line_exit_1_then_resume(
     assert resumed.exit_code == 0, resumed.output
     reference = measure_volume(inst, tmp_path / "o.csv", block_shape=(48, 48), progress=False)
     assert out.read_bytes() == reference.table.read_bytes()
+
+
+def test_a_second_writer_is_refused_while_one_runs(tmp_path: Path) -> None:
+    import subprocess
+
+    from innerdist.safety import OutputLockedError
+
+    inst = write_volume(tmp_path / "d.zarr/inst", np.ones((4, 4), np.uint8), (4, 4),
+                        channels=False)
+    out = tmp_path / "o.csv"
+    tracking = tmp_path / ".innerdist-blocks" / "o.csv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from innerdist.safety import acquire_output_lock; "
+         f"acquire_output_lock({str(tracking)!r}, {str(out)!r}); print('held', flush=True); "
+         "time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputLockedError, match="being written by another running job"):
+            measure_volume(inst, out, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(read_csv(measure_volume(inst, out, progress=False).table)) == 1
