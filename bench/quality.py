@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -254,8 +255,10 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     import multiprocessing
 
+    # Daemonic, and SIGTERM exits through Python (main): a stopped benchmark stops its
+    # training too instead of leaving it running on the cores the next run is timed on.
     child = multiprocessing.get_context("spawn").Process(
-        target=_train_child, args=(str(path), str(run_dir))
+        target=_train_child, args=(str(path), str(run_dir)), daemon=True
     )
     child.start()
     child.join(timeout=max(1.0, deadline - time.perf_counter()))
@@ -288,8 +291,16 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
         for r in raw_t:
             pred = predict_array(model, normalize_raw(r, ckpt.normalization), tta=tta,
                                  voxel_size=voxel)
-            outs.append(instances(pred[0], foreground_level=choice.foreground_level,
-                                  seed_level=choice.seed_level).astype(np.int32))
+            # Every tuned parameter, as `innerdist segment` applies the checkpoint's
+            # post-processing: levels, dynamic seeds (in nm, need the tanh scale), min size.
+            post = choice.postprocessing(voxel)
+            outs.append(instances(
+                pred[0], foreground_level=float(post["foreground_level"]),
+                seed_level=float(post["seed_level"]),
+                seed_dynamic=float(post.get("seed_dynamic", 0.0)),
+                min_size_voxels=int(post["min_size"]),
+                scale=float(ckpt.predictor.scale_factor),
+            ).astype(np.int32))
         return np.stack(outs), time.perf_counter() - began
 
     seg_new, t_plain = segment(new, False)
@@ -473,14 +484,25 @@ def run_tool(tool: str, data: Path, minutes: float) -> dict[str, Any]:
            "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
+    # The worker and everything it starts form one process group, stopped as a whole when
+    # the benchmark ends for any reason (a tool's own children included).
+    proc = subprocess.Popen(
+        [python, str(Path(__file__).resolve()), "--worker", tool, "--data", str(data),
+         "--minutes", str(minutes), "--masks", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            [python, str(Path(__file__).resolve()), "--worker", tool, "--data", str(data),
-             "--minutes", str(minutes), "--masks", str(out)],
-            capture_output=True, text=True, env=env, timeout=60 * minutes * 3 + 600,
-        )
+        stdout, stderr = proc.communicate(timeout=60 * minutes * 3 + 600)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {60 * minutes * 3 + 600:.0f} s"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     wall = time.perf_counter() - began
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -535,6 +557,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--masks", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.minutes <= 0:
         parser.error(f"--minutes must be > 0, got {args.minutes}")
 

@@ -31,6 +31,8 @@ _EXPORTS = {
     "Checkpoint": "innerdist.checkpoint",
     "load_checkpoint": "innerdist.checkpoint",
     "save_checkpoint": "innerdist.checkpoint",
+    "export_package": "innerdist.export",
+    "load_package": "innerdist.export",
     "predict_array": "innerdist.predict",
     "predict_volume": "innerdist.predict",
     "instances": "innerdist.watershed",
@@ -67,10 +69,12 @@ __all__ = [
     "compute_targets",
     "create_volume",
     "evaluate_volumes",
+    "export_package",
     "instance_scores",
     "instances",
     "load_checkpoint",
     "load_config",
+    "load_package",
     "measure_volume",
     "open_volume",
     "predict_array",
@@ -98,6 +102,7 @@ if TYPE_CHECKING:
     from innerdist.demo import run_demo
     from innerdist.distance import boundary_distance
     from innerdist.evaluate import binary_scores, evaluate_volumes, instance_scores
+    from innerdist.export import export_package, load_package
     from innerdist.inner_distance import InnerDistancePredictor
     from innerdist.measure import measure_volume
     from innerdist.model import Model

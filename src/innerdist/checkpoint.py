@@ -49,6 +49,7 @@ from innerdist.normalize import check_normalization
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
+    "checkpoint_from_dict",
     "load_checkpoint",
     "random_checkpoint",
     "save_checkpoint",
@@ -363,6 +364,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # torch raises KeyError, RuntimeError, EOFError... for junk
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{str(path)!r} is not a checkpoint (unreadable: {reason})") from e
+    return checkpoint_from_dict(data, path)
+
+
+def checkpoint_from_dict(data: Any, path: str | Path) -> Checkpoint:
+    """The checkpoint in ``data``, a dict as :meth:`Checkpoint.to_dict` makes it (read back
+    from a file, or a bioimage.io package's config plus its weights); ``path`` names the
+    source in error messages. Raises ``ValueError`` as :func:`load_checkpoint` does."""
+    path = Path(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(
             f"{str(path)!r} is not an innerdist checkpoint (no 'format': {FORMAT!r} entry)"

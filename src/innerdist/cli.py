@@ -361,7 +361,13 @@ def evaluate(
 @app.command()
 @user_errors_exit_2
 def predict(
-    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (innerdist train output).")],
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="Checkpoint file (innerdist train output) or a bioimage.io package from "
+            "innerdist export (.zip, folder or rdf.yaml)."
+        ),
+    ],
     raw: Annotated[str, typer.Argument(help="Raw volume, e.g. data.zarr/raw.")],
     out: Annotated[str, typer.Argument(help="Output volume, e.g. data.zarr/prediction.")],
     roi: Annotated[
@@ -683,6 +689,46 @@ def export_tiff(
         typer.echo(
             f"wrote {path}: axes {series.axes}, shape {tuple(series.shape)}, {series.dtype}"
         )
+
+
+@app.command("export")
+@user_errors_exit_2
+def export_model(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint file (innerdist train output).")],
+    out: Annotated[str, typer.Argument(help="Output bioimage.io model package, e.g. model.zip.")],
+    raw: Annotated[
+        str | None,
+        typer.Option(
+            help="Raw volume whose middle becomes the package's test input (the checkpoint's "
+            "voxel size and dtype); default: a synthetic image."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (letters, digits, spaces, _+-()).")
+    ] = None,
+    author: Annotated[
+        list[str] | None, typer.Option(help="Author name; repeat for several.")
+    ] = None,
+    license: Annotated[
+        str, typer.Option(help="SPDX license id of the model, e.g. CC-BY-4.0 or MIT.")
+    ] = "CC-BY-4.0",
+    unit: Annotated[
+        str, typer.Option(help="World unit of the checkpoint's voxel size: nm, or px.")
+    ] = "nm",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing OUT.")
+    ] = False,
+) -> None:
+    """Write a checkpoint as a bioimage.io model package (spec 0.5): TorchScript and state
+    dict weights, normalisation as preprocessing, the tuned post-processing in its config.
+    'innerdist predict' accepts the package in place of the checkpoint."""
+    from innerdist.export import export_package
+
+    path = export_package(
+        _existing_path(checkpoint), out, raw=raw, name=name, license=license, unit=unit,
+        authors=author or ("innerdist user",), overwrite=overwrite,
+    )
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

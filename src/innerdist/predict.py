@@ -694,10 +694,10 @@ def block_predictor_function(
     """:class:`_BlockPredictor` rebuilt from JSON parameters, in a cluster worker: the model
     comes from the checkpoint file (checked to hold the weights the job was started with),
     and torch uses every core this worker was given."""
-    from innerdist.checkpoint import load_checkpoint
+    from innerdist.export import load_checkpoint_or_package
     from innerdist.volumes import open_volume
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint_or_package(checkpoint)
     if ckpt.weights_hash() != weights_sha256:
         raise ValueError(
             f"checkpoint {checkpoint!r} has changed since the job started (other weights); "
@@ -843,7 +843,9 @@ def predict_volume(
     Parameters
     ----------
     checkpoint
-        A file written by :func:`innerdist.checkpoint.save_checkpoint`.
+        A file written by :func:`innerdist.checkpoint.save_checkpoint`, or a bioimage.io
+        package written by :func:`innerdist.export.export_package` (the .zip, its unpacked
+        folder or its rdf.yaml), which predicts and records the same.
     raw, out
         Volume paths (``container.zarr/dataset``). ``raw`` must have the checkpoint's voxel
         size and spatial dims, and the model's input channels (a leading ``c^`` axis, or
@@ -899,7 +901,7 @@ def predict_volume(
         run_blockwise,
         tracking_dir_for,
     )
-    from innerdist.checkpoint import load_checkpoint
+    from innerdist.export import load_checkpoint_or_package
     from innerdist.safety import check_input_complete
     from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
     from innerdist.workers import BlockFunction, resolve_worker_command
@@ -926,7 +928,7 @@ def predict_volume(
             "(e.g. data.zarr/prediction)"
         )
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint_or_package(checkpoint)
     raw_array = open_volume(raw, time=time)
     check_input_complete(raw_array.attrs, raw, "raw", allow_incomplete=allow_incomplete)
     unet = ckpt.architecture
