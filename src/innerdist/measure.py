@@ -630,7 +630,8 @@ def _plot(path: Path, summary: Mapping[str, Any], dims: int) -> None:
         ax.set_xlabel(f"{'volume' if dims == 3 else 'area'} ({entry['volume_unit']})")
         ax.set_ylabel("objects")
         ax.set_title(
-            f"channel {entry['channel']}: {entry['objects']} objects, "
+            f"channel {entry['channel']}: {entry['objects']} "
+            f"object{'' if entry['objects'] == 1 else 's'}, "
             f"{100 * entry['volume_fraction']:.3g}% of the volume"
         )
         ax.grid(alpha=0.3)
