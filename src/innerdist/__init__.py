@@ -41,6 +41,7 @@ _EXPORTS = {
     "evaluate_volumes": "innerdist.evaluate",
     "binary_scores": "innerdist.evaluate",
     "instance_scores": "innerdist.evaluate",
+    "measure_volume": "innerdist.measure",
     "compute_targets": "innerdist.targets",
     "TrainConfig": "innerdist.config",
     "load_config": "innerdist.config",
@@ -74,6 +75,7 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_package",
+    "measure_volume",
     "open_volume",
     "predict_array",
     "predict_volume",
@@ -102,6 +104,7 @@ if TYPE_CHECKING:
     from innerdist.evaluate import binary_scores, evaluate_volumes, instance_scores
     from innerdist.export import export_package, load_package
     from innerdist.inner_distance import InnerDistancePredictor
+    from innerdist.measure import measure_volume
     from innerdist.model import Model
     from innerdist.predict import predict_array, predict_volume
     from innerdist.predictor import Predictor

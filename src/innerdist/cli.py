@@ -731,6 +731,45 @@ def export_model(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+@user_errors_exit_2
+def measure(
+    instances: Annotated[str, typer.Argument(help="Instance volume, e.g. out.zarr/seg.")],
+    out: Annotated[
+        str,
+        typer.Option("--out", "-o", help="Table: objects.csv or objects.parquet (+ "
+                     "objects.summary.json, objects.volumes.png next to it)."),
+    ],
+    raw: Annotated[
+        str | None, typer.Option(help="Intensities for mean/min/max/std per object.")
+    ] = None,
+    block_shape: Annotated[
+        str | None,
+        typer.Option(help="Block shape in voxels, comma separated (default 128^3 / 1024^2)."),
+    ] = None,
+    workers: Workers = 1,
+    level: Level = None,
+    worker_command: WorkerCommand = None,
+    overwrite: Overwrite = False,
+    verbose: Verbose = False,
+) -> None:
+    """One table row per object (size, surface, centroid, box, intensities), blockwise
+    for volumes larger than memory (resumable); see docs/measure.md."""
+    _setup_logging(verbose)
+    from innerdist.measure import measure_volume
+    from innerdist.volumes import level_path
+
+    result = measure_volume(
+        level_path(instances, level), out, raw=raw, block_shape=_parse_shape(block_shape),
+        num_workers=workers, worker_command=worker_command, overwrite=overwrite,
+    )
+    typer.echo(result.report())
+    if result.already_complete:
+        typer.echo(f"{out} is already complete (same job): nothing to do")
+    else:
+        typer.echo(f"wrote {result.table}, {result.summary_json}, {result.histogram_png}")
+
+
 @app.command("make-data")
 @user_errors_exit_2
 def make_demo_data(
