@@ -13,8 +13,10 @@ Tools, each trained for ``--minutes`` of wall clock on the same cores (its own p
 the CPU seconds of that process are recorded too):
 
 - ``innerdist``: ``innerdist train`` with the default validation (sweep refined around
-  the best point, smoothed selection, criterion F1 averaged over IoU 0.5:0.9), stopped
-  when the budget is spent (validation and a checkpoint every 20 iterations). Rows: the
+  the best point, smoothed selection, criterion F1 averaged over IoU 0.5:0.9). A short
+  timed run measures a step and a validation; the run then gets the iterations that fit
+  the rest of the budget, Adam with a cosine schedule from 3e-3 over them (as ``innerdist
+  demo --minutes`` plans), validation and a checkpoint every 20 iterations. Rows: the
   default selection; the selection of earlier versions (best F1@0.5 on the 3 x 3 grid
   alone, no smoothing) from the same validation log; the default with ``--tta``.
 - ``stardist``: StarDist 2-D with its own recipe (``Config2D``, 32 rays, grid 2, flips
@@ -44,6 +46,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +63,8 @@ VENVS = {"stardist": HERE / ".venv-stardist", "cellpose": HERE / ".venv-cellpose
 TOOLS = ("innerdist", "stardist", "cellpose", "classical")
 SHAPE = (256, 256)
 SPLITS = {"train": 4, "validate": 1, "test": 2}
+#: Steps of innerdist's timed calibration run (the first 5 are not timed).
+_CALIBRATION_STEPS = 15
 
 
 # --- data --------------------------------------------------------------------------------
@@ -243,28 +248,49 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
             },
         }
 
-    # Train until the budget is spent: a run longer than any budget, stopped at the
-    # deadline; validation (and a checkpoint) every 20 iterations picks the result.
-    interval = 20
-    run_dir = base / "run"
-    path = base / "run.yaml"
-    settings = config(100 * interval, 100)
-    settings["training"].update(validation_interval=interval, checkpoint_interval=interval,
-                                keep_last=1000)
-    settings["training"]["schedule"]["warmup"] = 20
-    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    # As a user with a time budget would (and as `innerdist demo --minutes` does): a short
+    # timed run measures one step and one validation, then the run gets the iterations that
+    # fit what is left, with a cosine schedule from 3e-3 over them (short training learns
+    # most from a high rate decaying to 0: bench/README.md, demo experiments). Validation
+    # every ~20 iterations gives the selection its choice; the deadline still stops it.
     import multiprocessing
+    import statistics
 
-    # Daemonic, and SIGTERM exits through Python (main): a stopped benchmark stops its
-    # training too instead of leaving it running on the cores the next run is timed on.
-    child = multiprocessing.get_context("spawn").Process(
-        target=_train_child, args=(str(path), str(run_dir)), daemon=True
-    )
-    child.start()
-    child.join(timeout=max(1.0, deadline - time.perf_counter()))
-    if child.is_alive():
-        child.terminate()
-        child.join()
+    spawn = multiprocessing.get_context("spawn")
+
+    def run_training(settings: dict[str, Any], run_dir: Path, stop_at: float) -> None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        path = run_dir.with_suffix(".yaml")
+        path.write_text(yaml.safe_dump(settings, sort_keys=False))
+        # Daemonic, and SIGTERM exits through Python (main): a stopped benchmark stops its
+        # training too instead of leaving it running on the cores the next run is timed on.
+        child = spawn.Process(target=_train_child, args=(str(path), str(run_dir)), daemon=True)
+        child.start()
+        child.join(timeout=max(1.0, stop_at - time.perf_counter()))
+        if child.is_alive():
+            child.terminate()
+            child.join()
+
+    calibration = config(_CALIBRATION_STEPS, 1)
+    calibration["training"]["schedule"] = {"name": "constant", "warmup": 1}
+    began = time.perf_counter()
+    run_training(calibration, base / "calibration", deadline)
+    spent = time.perf_counter() - began
+    with (base / "calibration" / "stats.csv").open(newline="") as f:
+        steps = [float(r["step_time_s"]) for r in csv.DictReader(f)]
+    step = statistics.median(steps[5:] or steps)
+    # One validation: the calibration's wall time less its steps and start-up (imports,
+    # compilation) -- an over-estimate, which keeps the run inside the budget.
+    validation = max(0.0, spent - sum(steps) - 10.0)
+    interval = 20
+    left = deadline - time.perf_counter() - 5.0
+    iterations = max(interval, int(left / (step + validation / interval)))
+    settings = config(iterations, max(1, iterations // interval))
+    settings["training"]["optimizer"] = {"name": "adam", "lr": 3e-3}
+    settings["training"]["schedule"] = {"name": "cosine",
+                                        "warmup": min(50, max(1, iterations // 10))}
+    run_dir = base / "run"
+    run_training(settings, run_dir, deadline)
     train_done = time.perf_counter()
 
     with (run_dir / "validation.csv").open(newline="") as f:
