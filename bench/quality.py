@@ -325,7 +325,7 @@ def worker_innerdist(data: Path, minutes: float, out: Path) -> dict[str, Any]:
                 seed_level=float(post["seed_level"]),
                 seed_dynamic=float(post.get("seed_dynamic", 0.0)),
                 min_size_voxels=int(post["min_size"]),
-                scale=float(ckpt.predictor.scale_factor),
+                scale=float(ckpt.predictor.dt_scale_factor),
             ).astype(np.int32))
         return np.stack(outs), time.perf_counter() - began
 
