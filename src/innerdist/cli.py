@@ -382,7 +382,15 @@ def predict(
         str | None,
         typer.Option(
             help="Write block (and chunk) shape in output voxels, comma separated; rounded "
-            "up to the network's output step (default: the model's eval output shape)."
+            "up to the network's output step (default: planned from the network's tiles, "
+            "the memory budget and the volume)."
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory one block may use when blocks are planned, e.g. 4G (default: a "
+            "quarter of the RAM shared by the workers)."
         ),
     ] = None,
     batch_size: Annotated[
@@ -426,6 +434,7 @@ def predict(
     """Predict a raw volume blockwise with a trained network (resumable: run the same
     command again after an interruption)."""
     _setup_logging(verbose)
+    from innerdist.plan import parse_bytes
     from innerdist.predict import parse_roi, predict_volume
     from innerdist.volumes import level_path
 
@@ -439,6 +448,7 @@ def predict(
         worker_command=worker_command,
         device=device,
         block_shape=_parse_shape(block_shape),
+        memory_budget=None if memory_budget is None else parse_bytes(memory_budget),
         batch_size=batch_size,
         dtype=dtype,
         precision=precision,

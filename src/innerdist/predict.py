@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR, TTA_ATTR
+from innerdist.attrs import (
+    COMPLETE_ATTR,
+    JOB_ATTR,
+    POSTPROCESSING_ATTR,
+    PREDICTOR_ATTR,
+    QUANTIZATION_ATTR,
+    TTA_ATTR,
+)
 
 # Normalisation is owned by innerdist.normalize; re-exported here, where it was first.
 from innerdist.normalize import NonFiniteRawError, normalize_raw
@@ -739,6 +746,7 @@ def _plan(
     num_workers: int,
     channels: int,
     cluster: bool,
+    chunk: tuple[int, ...] | None = None,
 ) -> str:
     """The ``dry_run`` of :func:`predict_volume`: one sample block from the middle of
     ``roi``, predicted into a temporary output, timed and measured."""
@@ -758,7 +766,7 @@ def _plan(
     with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
         sample_path = str(Path(tmp) / "plan.zarr" / "pred")
         sample = create_volume(sample_path, roi=roi, voxel_size=voxel, dtype=dtype,
-                               num_channels=channels, chunk_shape=block)
+                               num_channels=channels, chunk_shape=chunk or block)
         process = _BlockPredictor(
             model, normalization, raw=raw_array, raw_path=raw, out=sample,
             out_path=sample_path, device=device, tile_shape=tile, batch_size=batch_size,
@@ -783,6 +791,87 @@ def _plan(
         output_description=f"{dtype}, {channels} channel(s), uncompressed",
         worker_startup_seconds=startup,
     ))
+
+
+
+def _unfinished_block_shape(out: str | Path, dims: int) -> tuple[int, ...] | None:
+    """The block shape an unfinished ``predict`` output was started with (so that a resumed
+    job plans the blocks it already has), or None."""
+    from innerdist.blockwise import _attrs_on_disk
+    from innerdist.volumes import split_volume_path
+
+    container, dataset = split_volume_path(out)
+    attrs = _attrs_on_disk(container / dataset) or {}
+    job = attrs.get(JOB_ATTR)
+    if attrs.get(COMPLETE_ATTR, True) or not isinstance(job, dict) \
+            or job.get("task") != "predict":
+        return None
+    block = job.get("block_shape")
+    if not (isinstance(block, list) and len(block) == dims
+            and all(isinstance(b, int) and b > 0 for b in block)):
+        return None
+    return tuple(block)
+
+
+def _planned_block_shape(
+    shape: tuple[int, ...],
+    tiling: _Tiling,
+    *,
+    batch_size: int,
+    in_channels: int,
+    out_channels: int,
+    dtype: str,
+    tta: bool,
+    workers: int,
+    memory_budget: int | None,
+) -> tuple[int, ...]:
+    """:func:`innerdist.plan.choose_block_shape` for this network: tiles of the eval
+    output (first axis times the batch), and what a block holds per voxel: the raw and its
+    normalised float32 copy; the float32 prediction, its tile-padded buffer and the stored
+    copy (with TTA also the sum and one view)."""
+    from innerdist.plan import choose_block_shape
+    from innerdist.plan import memory_budget as budget_for
+
+    tile = list(tiling.max_tile)
+    tile[0] *= batch_size
+    per_out = out_channels * (4 * (4 if tta else 2) + np.dtype(dtype).itemsize)
+    return choose_block_shape(
+        shape, tile=tile, margin=tiling.margin, in_bytes_per_voxel=in_channels * 8,
+        out_bytes_per_voxel=per_out, budget_bytes=budget_for(workers, memory_budget),
+        workers=workers,
+    )
+
+
+def _tile_seconds(model: Model, tiling: _Tiling, tile: Sequence[int],
+                  device: torch.device) -> float:
+    """Seconds of one forward pass of a ``tile`` (the second of two: the first warms up)."""
+    import time as clock
+
+    import torch
+
+    runner = _Runner(model.to(device).eval(), device, tile_shape=tile)
+    batch = np.zeros((1, model.num_in_channels, *tiling.input_shape(tile)), np.float32)
+    runner.forward(batch)
+    start = clock.perf_counter()
+    runner.forward(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return clock.perf_counter() - start
+
+
+def _planned_workers(
+    requested: int, blocks: int, model: Model, tiling: _Tiling, shape: Sequence[int],
+    tile: Sequence[int], device: torch.device, *, views: int,
+) -> int:
+    """Local workers for the job (:func:`innerdist.plan.choose_workers`); the in-process
+    time is estimated from one timed forward pass times the tiles the volume needs."""
+    from innerdist.plan import choose_workers
+
+    if max(1, min(requested, blocks)) == 1:
+        return 1
+    tiles = math.prod(math.ceil(s / t) for s, t in zip(shape, tile, strict=True)) * views
+    seconds = tiles * _tile_seconds(model, tiling, tile, device)
+    return choose_workers(requested, blocks=blocks, serial_seconds=seconds)
 
 
 def parse_roi(text: str) -> Roi:
@@ -837,6 +926,7 @@ def predict_volume(
     precision: str = "fp32",
     dry_run: bool = False,
     tta: bool = False,
+    memory_budget: int | None = None,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -854,13 +944,22 @@ def predict_volume(
         data, from mirroring beyond (see the module docstring).
     num_workers
         Worker processes (1: serial, in this process); each uses ``cores / num_workers``
-        torch threads.
+        torch threads. Never more than the job has blocks; on the CPU without a
+        ``worker_command``, 1 (in this process) when the job, timed on one forward pass,
+        is too short for worker start-up to pay off (:func:`innerdist.plan.choose_workers`).
     device
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; default CUDA when available.
     block_shape
         Write block shape, output voxels, rounded up to a multiple of the U-Net's output
-        step; also the output's chunk shape. Default: the model's eval output shape
-        (rounded down to the step) with the first axis times ``batch_size``.
+        step; also the output's chunk shape. Default: planned for the job
+        (:func:`innerdist.plan.choose_block_shape`): whole multiples of the forward-pass
+        tile (the model's eval output shape, the first axis times ``batch_size``), as
+        large as ``memory_budget`` and the volume allow with several blocks per worker;
+        the chunks are then the blocks cut to at most 128^3 voxels. Resuming an
+        unfinished output reuses the blocks it was started with.
+    memory_budget
+        Bytes one block may hold (default: a quarter of the machine's RAM shared by the
+        workers; :func:`innerdist.plan.memory_budget`). Used only to plan blocks.
     batch_size
         Tiles of a block that go through the network in one forward pass.
     dtype
@@ -991,17 +1090,42 @@ def predict_volume(
     model = ckpt.build_model()  # fails on weights that do not fit, before any output exists
     tiling = _Tiling(unet)
     step = tiling.step
-    if block_shape is None:
-        blocks = list(tiling.max_tile)
-        blocks[0] *= batch_size
-    else:
-        blocks = [
+    shape = tuple(int(s) for s in roi.shape / voxel)
+    transforms = tta_transforms(voxel) if tta else None
+    out_channels = ckpt.predictor.embedding_dims
+    if block_shape is not None:
+        block = tuple(
             _round_up(b, s)
             for b, s in zip(_shape_arg(block_shape, "block_shape", dims), step, strict=True)
-        ]
-    block = tuple(blocks)
+        )
+        chunk = block
+    else:
+        block = _unfinished_block_shape(out, dims) or _planned_block_shape(
+            shape, tiling, batch_size=batch_size, in_channels=channels,
+            out_channels=out_channels, dtype=dtype, tta=transforms is not None,
+            workers=num_workers, memory_budget=memory_budget,
+        )
+        from innerdist.plan import chunk_shape_for
+
+        chunk = chunk_shape_for(block, tiling.max_tile)
     tile = tuple(min(t, b) for t, b in zip(tiling.max_tile, block, strict=True))
     margin = Coordinate(tiling.margin)
+    blocks_count = math.prod(math.ceil(s / b) for s, b in zip(shape, block, strict=True))
+    requested_workers = num_workers
+    if worker_command is None and resolved_device.type != "cuda":
+        num_workers = _planned_workers(
+            num_workers, blocks_count, model, tiling, shape, tile, resolved_device,
+            views=len(transforms) if transforms else 1,
+        )
+    else:
+        num_workers = max(1, min(num_workers, blocks_count))
+    if num_workers != requested_workers:
+        logger.info(
+            "predict: %d block(s) of %s voxels on %d worker(s) (%d asked for): %s",
+            blocks_count, block, num_workers, requested_workers,
+            "one worker per block at most" if num_workers > 1 or blocks_count == 1
+            else "worker start-up would cost more than more workers save",
+        )
 
     job = {
         "task": "predict",
@@ -1014,7 +1138,6 @@ def predict_volume(
         "dtype": dtype,
         "block_shape": list(block),
     }
-    transforms = tta_transforms(voxel) if tta else None
     if transforms is not None:
         job["tta"] = len(transforms)  # a TTA output never resumes a plain one
     if precision != "fp32":  # fp32 jobs keep the description they always had
@@ -1025,7 +1148,7 @@ def predict_volume(
             model, ckpt.normalization, raw_array=raw_array, raw=str(raw), roi=roi, block=block,
             tile=tile, margin=margin, device=str(resolved_device), batch_size=batch_size,
             dtype=dtype, precision=precision, threads=threads, num_workers=num_workers,
-            channels=ckpt.predictor.embedding_dims, cluster=worker_command is not None,
+            channels=out_channels, cluster=worker_command is not None, chunk=chunk,
         )
     attrs: dict[str, Any] = {
         PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
@@ -1044,8 +1167,8 @@ def predict_volume(
         roi=roi,
         voxel_size=voxel,
         dtype=dtype,
-        num_channels=ckpt.predictor.embedding_dims,
-        chunk_shape=block,
+        num_channels=out_channels,
+        chunk_shape=chunk,
         attrs=attrs,
         ome=True,
         units=world_unit(raw_array.units),
