@@ -726,6 +726,15 @@ def train(
             "validation once it is spent (default: training.max_minutes, else none).",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (crop shapes, network output and context, parameters, "
+            "time and memory per iteration measured on two iterations, iterations that fit "
+            "the time budget, checkpoint disk) and write nothing.",
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Train a U-Net as CONFIG says, validate it and keep the best checkpoint.
@@ -735,9 +744,13 @@ def train(
     """
     _setup_logging(verbose)
     from innerdist.config import ConfigError
+    from innerdist.train import plan_training
     from innerdist.train import train as run_training
 
     try:
+        if dry_run:
+            typer.echo(str(plan_training(config, run_dir, minutes=minutes)))
+            return
         result = run_training(config, run_dir, minutes=minutes)
     except ConfigError as e:
         # All problems on the one line the error handler prints.

@@ -49,6 +49,7 @@ __all__ = [
     "STARTUP_ENV",
     "WORKER_STARTUP_SECONDS",
     "Plan",
+    "TrainingPlan",
     "assumed_startup_seconds",
     "choose_block_shape",
     "choose_workers",
@@ -121,6 +122,72 @@ class Plan:
         if self.note:
             lines.append(f"  note                 {self.note}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What ``innerdist train`` will do; ``str(plan)`` is what ``train --dry-run`` prints."""
+
+    input_shape: tuple[int, ...]  # voxels
+    output_shape: tuple[int, ...]
+    batch_size: int
+    output_step: tuple[int, ...]
+    context: tuple[int, ...]
+    parameters: int
+    device: str
+    iteration_seconds: float  # measured
+    data_seconds: float  # of which waiting for the crops (this process, no loader workers)
+    timed_iterations: int
+    host_memory_bytes: int | None
+    device_memory_bytes: int | None
+    start: int  # the iteration a run would resume from
+    iterations: int  # training.iterations
+    budget_seconds: float | None
+    checkpoint_bytes: int
+    checkpoints_kept: int  # keep_last iteration checkpoints + one best file per criterion
+
+    @property
+    def iterations_to_run(self) -> int:
+        """Iterations this call would run: the rest, or what fits the time budget."""
+        rest = max(0, self.iterations - self.start)
+        if self.budget_seconds is None or self.iteration_seconds <= 0:
+            return rest
+        return min(rest, int(self.budget_seconds / self.iteration_seconds))
+
+    @property
+    def estimated_seconds(self) -> float:
+        return self.iterations_to_run * self.iteration_seconds
+
+    def __str__(self) -> str:
+        memory = (
+            "host memory not measurable here"
+            if self.host_memory_bytes is None
+            else f"{_size(self.host_memory_bytes)} host memory"
+        )
+        if self.device_memory_bytes is not None:
+            memory += f", {_size(self.device_memory_bytes)} GPU memory"
+        rest = max(0, self.iterations - self.start)
+        if self.budget_seconds is None:
+            when = (f"{rest} iteration(s) to go take about "
+                    f"{_duration(self.estimated_seconds)}")
+        else:
+            when = (f"{self.iterations_to_run} of the {rest} iteration(s) to go fit the "
+                    f"time budget of {_duration(self.budget_seconds)}")
+        resumed = f" (resuming at iteration {self.start})" if self.start else ""
+        return "\n".join([
+            "train: plan (nothing was written)",
+            f"  crops                input {self.input_shape}, output {self.output_shape} "
+            f"voxels, batch {self.batch_size}",
+            f"  network              {self.parameters:,} parameters, output step "
+            f"{self.output_step}, context {self.context} voxels",
+            f"  per iteration        {self.iteration_seconds:.3g} s on {self.device} (crops "
+            f"{self.data_seconds:.2g} s), {memory} (measured on {self.timed_iterations} "
+            "iterations after a warm-up)",
+            f"  iterations           {when}{resumed}",
+            f"  checkpoints on disk  <= {_size(self.checkpoint_bytes * self.checkpoints_kept)}"
+            f" ({self.checkpoints_kept} x {_size(self.checkpoint_bytes)})",
+            "  note                 validation and loader workers are not in the estimate",
+        ])
 
 
 def _size(n: int) -> str:
