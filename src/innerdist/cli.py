@@ -315,10 +315,12 @@ def evaluate(
         ),
     ] = None,
     workers: Workers = 1,
+    worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
-    """Score a segmentation against ground truth (binary and instance scores), blockwise."""
+    """Score a segmentation against ground truth (binary and instance scores), blockwise
+    (resumable with --out: the block counts wait next to it until the scores are written)."""
     _setup_logging(verbose)
     from innerdist.evaluate import (
         DEFAULT_IOU_THRESHOLDS,
@@ -351,6 +353,8 @@ def evaluate(
         block_shape=_parse_shape(block_shape),
         iou_thresholds=thresholds,
         num_workers=workers,
+        worker_command=worker_command,
+        tracking_dir=None if out is None else Path(out).with_suffix(".blocks"),
     )
     typer.echo(format_scores(scores))
     if out is not None:
