@@ -203,6 +203,11 @@ def test_workers_are_capped_by_blocks_and_dropped_when_start_up_dominates() -> N
     # 2 workers: startup + T/2 <= 0.8 T  <=>  T >= startup / 0.3
     assert choose_workers(2, blocks=10, serial_seconds=16.0, startup_seconds=5.0) == 1
     assert choose_workers(2, blocks=10, serial_seconds=17.0, startup_seconds=5.0) == 2
+    # Measured scaling wins over perfect scaling: threads already used the cores.
+    assert choose_workers(2, blocks=10, serial_seconds=100.0, parallel_seconds=90.0,
+                          startup_seconds=5.0) == 1
+    assert choose_workers(2, blocks=10, serial_seconds=100.0, parallel_seconds=70.0,
+                          startup_seconds=5.0) == 2
     with pytest.raises(ValueError, match="requested workers must be >= 1"):
         choose_workers(0, blocks=1, serial_seconds=None)
 

@@ -554,8 +554,10 @@ def evaluate_volumes(
         num_workers = max(1, min(num_workers, plan.num_blocks()))
         if worker_command is None and num_workers > 1:
             seconds = math.prod(plan.roi.shape / voxel) * plan.num_channels * _SECONDS_PER_VOXEL
+            usable = min(num_workers, os.cpu_count() or 1)  # single-threaded counting
             num_workers = choose_workers(num_workers, blocks=plan.num_blocks(),
-                                         serial_seconds=seconds)
+                                         serial_seconds=seconds,
+                                         parallel_seconds=seconds / usable)
         if num_workers != requested:
             logger.info("evaluate: %d block(s) on %d worker(s) (%d asked for)",
                         plan.num_blocks(), num_workers, requested)

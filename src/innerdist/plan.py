@@ -434,13 +434,16 @@ def choose_workers(
     *,
     blocks: int,
     serial_seconds: float | None,
+    parallel_seconds: float | None = None,
     startup_seconds: float | None = None,
 ) -> int:
     """How many local workers a job should start: at most one per block, and 1 (the job
-    runs in this process) when ``requested`` workers, scaling perfectly, would not finish in
-    :data:`PARALLEL_GAIN` of the estimated in-process time ``serial_seconds`` once their
-    start-up is paid. ``serial_seconds=None`` (no estimate) keeps ``requested``.
-    ``startup_seconds`` defaults to :func:`assumed_startup_seconds`.
+    runs in this process) when the workers would not finish in :data:`PARALLEL_GAIN` of
+    the estimated in-process time ``serial_seconds`` once their start-up is paid.
+    ``parallel_seconds`` is the work's time on the workers (default: perfect scaling,
+    ``serial_seconds / workers``; a process that already uses every core through threads
+    scales worse, and its caller should measure). ``serial_seconds=None`` (no estimate)
+    keeps ``requested``. ``startup_seconds`` defaults to :func:`assumed_startup_seconds`.
 
     >>> choose_workers(4, blocks=2, serial_seconds=None)
     2
@@ -457,6 +460,8 @@ def choose_workers(
         return workers
     if startup_seconds is None:
         startup_seconds = assumed_startup_seconds()
-    if startup_seconds + serial_seconds / workers > PARALLEL_GAIN * serial_seconds:
+    if parallel_seconds is None:
+        parallel_seconds = serial_seconds / workers
+    if startup_seconds + parallel_seconds > PARALLEL_GAIN * serial_seconds:
         return 1
     return workers

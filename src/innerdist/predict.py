@@ -824,11 +824,13 @@ def _planned_block_shape(
     tta: bool,
     workers: int,
     memory_budget: int | None,
+    cluster: bool = False,
 ) -> tuple[int, ...]:
     """:func:`innerdist.plan.choose_block_shape` for this network: tiles of the eval
     output (first axis times the batch), and what a block holds per voxel: the raw and its
     normalised float32 copy; the float32 prediction, its tile-padded buffer and the stored
-    copy (with TTA also the sum and one view)."""
+    copy (with TTA also the sum and one view). Cluster workers run on machines of their
+    own: the RAM is not shared among them."""
     from innerdist.plan import choose_block_shape
     from innerdist.plan import memory_budget as budget_for
 
@@ -837,41 +839,53 @@ def _planned_block_shape(
     per_out = out_channels * (4 * (4 if tta else 2) + np.dtype(dtype).itemsize)
     return choose_block_shape(
         shape, tile=tile, margin=tiling.margin, in_bytes_per_voxel=in_channels * 8,
-        out_bytes_per_voxel=per_out, budget_bytes=budget_for(workers, memory_budget),
-        workers=workers,
+        out_bytes_per_voxel=per_out,
+        budget_bytes=budget_for(1 if cluster else workers, memory_budget), workers=workers,
     )
 
 
 def _tile_seconds(model: Model, tiling: _Tiling, tile: Sequence[int],
-                  device: torch.device) -> float:
-    """Seconds of one forward pass of a ``tile`` (the second of two: the first warms up)."""
+                  device: torch.device, threads: int | None = None) -> float:
+    """Seconds of one forward pass of a ``tile`` (the second of two: the first warms up),
+    with ``threads`` torch threads (default: as set)."""
     import time as clock
 
     import torch
 
-    runner = _Runner(model.to(device).eval(), device, tile_shape=tile)
-    batch = np.zeros((1, model.num_in_channels, *tiling.input_shape(tile)), np.float32)
-    runner.forward(batch)
-    start = clock.perf_counter()
-    runner.forward(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return clock.perf_counter() - start
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        runner = _Runner(model.to(device).eval(), device, tile_shape=tile)
+        batch = np.zeros((1, model.num_in_channels, *tiling.input_shape(tile)), np.float32)
+        runner.forward(batch)
+        start = clock.perf_counter()
+        runner.forward(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return clock.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
 
 
 def _planned_workers(
     requested: int, blocks: int, model: Model, tiling: _Tiling, shape: Sequence[int],
     tile: Sequence[int], device: torch.device, *, views: int,
 ) -> int:
-    """Local workers for the job (:func:`innerdist.plan.choose_workers`); the in-process
-    time is estimated from one timed forward pass times the tiles the volume needs."""
+    """Local CPU workers for the job (:func:`innerdist.plan.choose_workers`). The work is
+    timed, not assumed to scale: one forward pass with all the cores' threads (one process)
+    and one with each worker's share of them, times the tiles the volume needs."""
     from innerdist.plan import choose_workers
 
-    if max(1, min(requested, blocks)) == 1:
+    workers = max(1, min(requested, blocks))
+    if workers == 1:
         return 1
     tiles = math.prod(math.ceil(s / t) for s, t in zip(shape, tile, strict=True)) * views
-    seconds = tiles * _tile_seconds(model, tiling, tile, device)
-    return choose_workers(requested, blocks=blocks, serial_seconds=seconds)
+    serial = tiles * _tile_seconds(model, tiling, tile, device, threads=_cores())
+    share = max(1, _cores() // workers)
+    parallel = tiles * _tile_seconds(model, tiling, tile, device, threads=share) / workers
+    return choose_workers(requested, blocks=blocks, serial_seconds=serial,
+                          parallel_seconds=parallel)
 
 
 def parse_roi(text: str) -> Roi:
@@ -1093,6 +1107,10 @@ def predict_volume(
     shape = tuple(int(s) for s in roi.shape / voxel)
     transforms = tta_transforms(voxel) if tta else None
     out_channels = ckpt.predictor.embedding_dims
+    from innerdist.plan import chunk_shape_for
+
+    resumed = None if block_shape is not None else _unfinished_block_shape(out, dims)
+    planned = block_shape is None and resumed is None
     if block_shape is not None:
         block = tuple(
             _round_up(b, s)
@@ -1100,13 +1118,12 @@ def predict_volume(
         )
         chunk = block
     else:
-        block = _unfinished_block_shape(out, dims) or _planned_block_shape(
+        block = resumed or _planned_block_shape(
             shape, tiling, batch_size=batch_size, in_channels=channels,
             out_channels=out_channels, dtype=dtype, tta=transforms is not None,
             workers=num_workers, memory_budget=memory_budget,
+            cluster=worker_command is not None,
         )
-        from innerdist.plan import chunk_shape_for
-
         chunk = chunk_shape_for(block, tiling.max_tile)
     tile = tuple(min(t, b) for t, b in zip(tiling.max_tile, block, strict=True))
     margin = Coordinate(tiling.margin)
@@ -1117,6 +1134,17 @@ def predict_volume(
             num_workers, blocks_count, model, tiling, shape, tile, resolved_device,
             views=len(transforms) if transforms else 1,
         )
+        if num_workers == 1 and requested_workers > 1 and planned:
+            # In this process after all: blocks planned for one worker (fewer, larger).
+            block = _planned_block_shape(
+                shape, tiling, batch_size=batch_size, in_channels=channels,
+                out_channels=out_channels, dtype=dtype, tta=transforms is not None,
+                workers=1, memory_budget=memory_budget,
+            )
+            chunk = chunk_shape_for(block, tiling.max_tile)
+            tile = tuple(min(t, b) for t, b in zip(tiling.max_tile, block, strict=True))
+            blocks_count = math.prod(
+                math.ceil(s / b) for s, b in zip(shape, block, strict=True))
     else:
         num_workers = max(1, min(num_workers, blocks_count))
     if num_workers != requested_workers:

@@ -583,7 +583,10 @@ def _planned_workers(requested: int, job: _Job) -> int:
     if job.worker_command is not None:
         return max(1, min(requested, job.num_blocks))
     seconds = math.prod(job.shape) * job.channels * _SECONDS_PER_VOXEL
-    workers = choose_workers(requested, blocks=job.num_blocks, serial_seconds=seconds)
+    # The passes are single-threaded numpy: workers scale up to the cores.
+    usable = max(1, min(requested, job.num_blocks, os.cpu_count() or 1))
+    workers = choose_workers(requested, blocks=job.num_blocks, serial_seconds=seconds,
+                             parallel_seconds=seconds / usable)
     if workers != requested:
         logger.info("segment: %d block(s) on %d worker(s) (%d asked for)", job.num_blocks,
                     workers, requested)
