@@ -30,6 +30,10 @@ def test_estimate_is_start_up_plus_rounds_of_blocks() -> None:
     assert plan().estimated_seconds == 3.0 + 3 * 2.0  # 10 blocks on 4 workers: 3 rounds
     assert plan(workers=1, worker_startup_seconds=0.0).estimated_seconds == 20.0
     assert plan(workers=10).estimated_seconds == 5.0
+    # Measured set-up and first-block warm-up are paid once.
+    measured = plan(setup_seconds=1.5, warmup_seconds=0.5)
+    assert measured.estimated_seconds == 1.5 + 3.0 + 0.5 + 3 * 2.0
+    assert "(worker start-up 3 s, set-up 1.5 s, first block +0.5 s)" in str(measured)
 
 
 def test_plan_text() -> None:

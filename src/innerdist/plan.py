@@ -9,9 +9,11 @@ much disk the output needs, and an estimated wall time for N workers::
     output on disk       <= 512 MiB (float32, 1 channel(s), uncompressed)
     estimated wall time  4 min 8 s with 4 worker(s) (worker start-up 3.2 s)
 
-The estimate is ``start-up + ceil(blocks / N) * per block``; the start-up of a worker is
-measured too (a fresh Python importing what a worker imports) when there is more than one
-worker or they are started through a worker command.
+The estimate is ``set-up + start-up + warm-up + ceil(blocks / N) * per block``: the set-up
+(reading the inputs and the network, as the dry run did), the warm-up (what the sample
+block's first run cost more than its second) and the start-up of a worker (a fresh Python
+importing what a worker imports; only with more than one worker or a worker command) are
+measured too.
 
 This module also *plans* a job before it runs (every job, not only dry runs):
 
@@ -96,11 +98,14 @@ class Plan:
     output_description: str
     worker_startup_seconds: float
     note: str | None = None  # what the estimate leaves out
+    setup_seconds: float = 0.0  # measured: reading the inputs and the network before blocks
+    warmup_seconds: float = 0.0  # measured: what a worker's first block costs more
 
     @property
     def estimated_seconds(self) -> float:
         rounds = math.ceil(self.blocks / self.workers)
-        return self.worker_startup_seconds + rounds * self.block_seconds
+        return (self.setup_seconds + self.worker_startup_seconds + self.warmup_seconds
+                + rounds * self.block_seconds)
 
     def __str__(self) -> str:
         memory = (
@@ -117,7 +122,9 @@ class Plan:
             "sample block)",
             f"  output on disk       <= {_size(self.output_bytes)} ({self.output_description})",
             f"  estimated wall time  {_duration(self.estimated_seconds)} with {self.workers} "
-            f"worker(s) (worker start-up {self.worker_startup_seconds:.2g} s)",
+            f"worker(s) (worker start-up {self.worker_startup_seconds:.2g} s"
+            + (f", set-up {self.setup_seconds:.2g} s, first block +{self.warmup_seconds:.2g} s"
+               if self.setup_seconds or self.warmup_seconds else "") + ")",
         ]
         if self.note:
             lines.append(f"  note                 {self.note}")
@@ -231,15 +238,21 @@ def _reset_peak() -> bool:
 
 
 def measure_block(
-    process: Callable[[Roi, Roi], None], read_roi: Roi, write_roi: Roi, *, device: str = "cpu"
+    process: Callable[[Roi, Roi], None], read_roi: Roi, write_roi: Roi, *, device: str = "cpu",
+    first: list[float] | None = None,
 ) -> tuple[float, int | None, int | None]:
     """Run one block twice (the first run warms up caches, kernels and the device); returns
     the second run's seconds, the host memory the block added at its peak, and the peak GPU
-    memory (None on the CPU)."""
+    memory (None on the CPU). The first run's seconds are appended to ``first`` if given."""
     import torch
 
     cuda = device.startswith("cuda")
+    began = time.perf_counter()
     process(read_roi, write_roi)
+    if cuda:
+        torch.cuda.synchronize()
+    if first is not None:
+        first.append(time.perf_counter() - began)
     before = _rss_and_peak()
     measurable = before is not None and _reset_peak()
     if cuda:

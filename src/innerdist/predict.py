@@ -36,6 +36,7 @@ import itertools
 import logging
 import math
 import os
+import time as clock
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -747,6 +748,8 @@ def _plan(
     channels: int,
     cluster: bool,
     chunk: tuple[int, ...] | None = None,
+    setup_seconds: float = 0.0,
+    pyramid: bool = True,
 ) -> str:
     """The ``dry_run`` of :func:`predict_volume`: one sample block from the middle of
     ``roi``, predicted into a temporary output, timed and measured."""
@@ -772,10 +775,11 @@ def _plan(
             out_path=sample_path, device=device, tile_shape=tile, batch_size=batch_size,
             dtype=dtype, threads=threads, precision=precision,
         )
+        first: list[float] = []
         try:
             seconds, host, gpu = measure_block(
                 process, write_roi.grow(margin * voxel, margin * voxel), write_roi,
-                device=device,
+                device=device, first=first,
             )
         finally:
             torch.set_num_threads(threads_before)
@@ -789,9 +793,10 @@ def _plan(
         block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=gpu,
         output_bytes=output_bytes(shape, channels, dtype),
         output_description=f"{dtype}, {channels} channel(s), uncompressed",
-        worker_startup_seconds=startup,
+        worker_startup_seconds=startup, setup_seconds=setup_seconds,
+        warmup_seconds=max(0.0, first[0] - seconds),
+        note="the pyramid levels are not in the estimate" if pyramid else None,
     ))
-
 
 
 def _unfinished_block_shape(out: str | Path, dims: int) -> tuple[int, ...] | None:
@@ -848,8 +853,6 @@ def _tile_seconds(model: Model, tiling: _Tiling, tile: Sequence[int],
                   device: torch.device, threads: int | None = None) -> float:
     """Seconds of one forward pass of a ``tile`` (the second of two: the first warms up),
     with ``threads`` torch threads (default: as set)."""
-    import time as clock
-
     import torch
 
     before = torch.get_num_threads()
@@ -1017,6 +1020,7 @@ def predict_volume(
     from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
     from innerdist.workers import BlockFunction, resolve_worker_command
 
+    began = clock.perf_counter()  # the dry run measures the set-up a run repeats
     worker_command = resolve_worker_command(worker_command)
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
@@ -1177,6 +1181,7 @@ def predict_volume(
             tile=tile, margin=margin, device=str(resolved_device), batch_size=batch_size,
             dtype=dtype, precision=precision, threads=threads, num_workers=num_workers,
             channels=out_channels, cluster=worker_command is not None, chunk=chunk,
+            setup_seconds=clock.perf_counter() - began, pyramid=pyramid,
         )
     attrs: dict[str, Any] = {
         PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
