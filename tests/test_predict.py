@@ -394,6 +394,14 @@ def test_planned_blocks_are_whole_tiles_and_give_the_in_memory_output(
     assert pred2.attrs["innerdist_job"]["block_shape"] == list(block)
     np.testing.assert_allclose(pred2[pred2.roi], volume_2d["expected"], atol=1e-5)
 
+    # Run again where the planner would cut other blocks: the finished output is the same
+    # job (a no-op), not "another job's output".
+    chosen.clear()
+    stamp = (Path(out) / "s0" / "zarr.json").stat().st_mtime_ns
+    assert predict_volume(volume_2d["path"], volume_2d["raw"], out, batch_size=3,
+                          progress=False, memory_budget=20_000, num_workers=2) == out
+    assert chosen == [] and (Path(out) / "s0" / "zarr.json").stat().st_mtime_ns == stamp
+
 
 def test_two_workers_fail_on_nan_and_resume(volume_2d: dict[str, Any], tmp_path: Path) -> None:
     # Worker processes report a NaN in the raw as the same clear error as a serial run; the

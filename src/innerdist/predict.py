@@ -45,7 +45,6 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from innerdist.attrs import (
-    COMPLETE_ATTR,
     JOB_ATTR,
     POSTPROCESSING_ATTR,
     PREDICTOR_ATTR,
@@ -799,17 +798,17 @@ def _plan(
     ))
 
 
-def _unfinished_block_shape(out: str | Path, dims: int) -> tuple[int, ...] | None:
-    """The block shape an unfinished ``predict`` output was started with (so that a resumed
-    job plans the blocks it already has), or None."""
+def _existing_block_shape(out: str | Path, dims: int) -> tuple[int, ...] | None:
+    """The block shape an existing ``predict`` output was written with, or None: an
+    unfinished one resumes with the blocks it has, and a finished one stays the same job
+    (a no-op) when run again with other workers or on a machine with other RAM."""
     from innerdist.blockwise import _attrs_on_disk
     from innerdist.volumes import split_volume_path
 
     container, dataset = split_volume_path(out)
     attrs = _attrs_on_disk(container / dataset) or {}
     job = attrs.get(JOB_ATTR)
-    if attrs.get(COMPLETE_ATTR, True) or not isinstance(job, dict) \
-            or job.get("task") != "predict":
+    if not isinstance(job, dict) or job.get("task") != "predict":
         return None
     block = job.get("block_shape")
     if not (isinstance(block, list) and len(block) == dims
@@ -972,8 +971,8 @@ def predict_volume(
         (:func:`innerdist.plan.choose_block_shape`): whole multiples of the forward-pass
         tile (the model's eval output shape, the first axis times ``batch_size``), as
         large as ``memory_budget`` and the volume allow with several blocks per worker;
-        the chunks are then the blocks cut to at most 128^3 voxels. Resuming an
-        unfinished output reuses the blocks it was started with.
+        the chunks are then the blocks cut to at most 128^3 voxels. An existing output
+        (unfinished: resumed; finished: a no-op) keeps the blocks it was written with.
     memory_budget
         Bytes one block may hold (default: a quarter of the machine's RAM shared by the
         workers; :func:`innerdist.plan.memory_budget`). Used only to plan blocks.
@@ -1113,7 +1112,7 @@ def predict_volume(
     out_channels = ckpt.predictor.embedding_dims
     from innerdist.plan import chunk_shape_for
 
-    resumed = None if block_shape is not None else _unfinished_block_shape(out, dims)
+    resumed = None if block_shape is not None or overwrite else _existing_block_shape(out, dims)
     planned = block_shape is None and resumed is None
     if block_shape is not None:
         block = tuple(
