@@ -268,3 +268,12 @@ def test_small_jobs_run_in_process_and_workers_never_outnumber_blocks(
     segment_volume(pred, tmp_path / "o.zarr/s2", mode="threshold", block_shape=(40, 24),
                    num_workers=4, progress=False, pyramid=False)
     assert used == [("segment-threshold", 2)]  # 2 blocks
+
+
+def test_cli_memory_budget_is_checked(tmp_path: Path) -> None:
+    from innerdist.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "m.pt"), "x.zarr/raw",
+                                      "y.zarr/p", "--memory-budget", "4X"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "memory size must be a positive number" in result.output and "'4X'" in result.output
