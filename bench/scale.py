@@ -13,6 +13,13 @@ one-block job through the template minus the same block in-process. Last, the 2-
 the issue: a 2048^2 image (``--quick``: 512^2) predicted with the default blocks against
 one block covering the image. Prints a table; writes JSON (``bench/results/scale.json``).
 Ratios are comparable within one run, not across machines.
+
+``--planner`` runs the planner's cases instead (``bench/results/scale-planner.json``):
+``predict`` with planned blocks against one in-memory pass (:func:`predict_array` of the
+same normalised data) and against the old one-tile blocks, on the 2-D 2048^2 image and a
+3-D volume (``--quick``: 1024^2 and 128^3); ``segment`` of the 2-D prediction with 1 and 2
+workers (the planner's choice, and 2 workers forced); and each dry-run estimate next to
+the run it estimates. Every timing is the best of ``--repeats``, interleaved.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from innerdist.checkpoint import random_checkpoint, save_checkpoint  # noqa: E40
 from innerdist.inner_distance import InnerDistancePredictor  # noqa: E402
 from innerdist.predict import predict_volume  # noqa: E402
 from innerdist.segment import segment_volume  # noqa: E402
-from innerdist.volumes import create_volume, mark_complete  # noqa: E402
+from innerdist.volumes import create_volume, mark_complete, open_volume  # noqa: E402
 
 TEMPLATE = "{command}"
 
@@ -58,14 +65,157 @@ def timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (workers)."""
+    import resource
+
+    return sum(
+        u.ru_utime + u.ru_stime
+        for u in (resource.getrusage(resource.RUSAGE_SELF),
+                  resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
+def timed_both(fn: Any) -> tuple[float, float]:
+    """Wall and CPU seconds of ``fn()``; CPU time is what other jobs on a shared machine
+    disturb least."""
+    cpu, start = cpu_seconds(), time.perf_counter()
+    fn()
+    return time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def _seconds(text: str) -> float:
+    """The estimated wall time of a ``--dry-run`` plan, seconds."""
+    line = next(x for x in text.splitlines() if "estimated wall time" in x)
+    words = line.split("estimated wall time", 1)[1].split("with")[0].split()
+    units = {"s": 1, "min": 60, "h": 3600}
+    return sum(float(v) * units[u] for v, u in zip(words[::2], words[1::2], strict=True))
+
+
+def planner(args: argparse.Namespace) -> None:
+    import os
+
+    from innerdist.plan import STARTUP_ENV
+    from innerdist.predict import _Tiling, normalize_raw, predict_array
+
+    side_2d, side_3d = (1024, 128) if args.quick else (2048, 192)
+    work = Path(tempfile.mkdtemp(prefix="innerdist-scale-"))
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    try:
+        unet_2d = UNet(input_shape=(92, 92), num_fmaps=12, fmap_inc_factor=2,
+                       downsample_factors=[(2, 2), (2, 2)], eval_shape_increase=(68, 68))
+        cases = [
+            (f"2-D {side_2d}^2", unet_2d, (8, 8),
+             rng.integers(0, 256, (side_2d,) * 2, dtype=np.uint8)),
+            (f"3-D {side_3d}^3", make_unet(64), VOXEL_SIZE,
+             rng.integers(0, 256, (side_3d,) * 3, dtype=np.uint8)),
+        ]
+        preds: dict[str, str] = {}
+        for name, unet, voxel, data in cases:
+            key = name.split()[0]
+            raw = write_raw(work / f"{key}.zarr/raw", data, voxel)
+            ckpt = random_checkpoint(unet, InnerDistancePredictor(["mito"], 40.0), voxel,
+                                     NORMALIZATION, seed=0)
+            model = str(save_checkpoint(work / f"{key}.pt", ckpt))
+            net = ckpt.build_model()
+            norm = normalize_raw(data, NORMALIZATION)
+            one_tile = _Tiling(unet).max_tile
+            times: dict[str, list[float]] = {"memory": [], "planned": [], "one-tile": []}
+            cpu: dict[str, list[float]] = {k: [] for k in times}
+
+            def record(label: str, both: tuple[float, float], times: dict[str, list[float]]
+                       = times, cpu: dict[str, list[float]] = cpu) -> None:
+                times[label].append(both[0])
+                cpu[label].append(both[1])
+
+            for r in range(args.repeats):
+                record("memory", timed_both(
+                    lambda net=net, norm=norm: predict_array(net, norm, device="cpu")))
+                for label, block in (("planned", None), ("one-tile", one_tile)):
+                    out = str(work / f"{key}.zarr/{label}{r}")
+                    record(label, timed_both(
+                        lambda out=out, block=block, model=model, raw=raw: predict_volume(
+                        model, raw, out, block_shape=block, device="cpu", overwrite=True,
+                        progress=False, pyramid=False)))
+                    if block is None:
+                        preds[key] = out
+            estimate = _seconds(predict_volume(model, raw, str(work / f"{key}.zarr/dry"),
+                                               device="cpu", dry_run=True, progress=False))
+            best = {k: min(v) for k, v in times.items()}
+            best_cpu = {k: min(v) for k, v in cpu.items()}
+            planned_block = open_volume(preds[key]).attrs["innerdist_job"]["block_shape"]
+            for label in ("memory", "planned", "one-tile"):
+                rows.append({
+                    "case": f"predict {name}", "run": {
+                        "memory": "one in-memory pass (predict_array)",
+                        "planned": f"blockwise, planned blocks {tuple(planned_block)}",
+                        "one-tile": f"blockwise, one-tile blocks {one_tile}",
+                    }[label],
+                    "seconds": best[label], "all_seconds": times[label],
+                    "ratio": best[label] / best["memory"],
+                    "cpu_seconds": best_cpu[label], "all_cpu_seconds": cpu[label],
+                    "cpu_ratio": best_cpu[label] / best_cpu["memory"],
+                })
+            rows.append({"case": f"predict {name}", "run": "dry-run estimate (planned)",
+                         "seconds": estimate, "ratio": estimate / best["planned"]})
+
+        # segment the 2-D prediction: 1 worker, 2 as planned, 2 forced (start-up "free")
+        pred = preds["2-D"]
+        seg: dict[str, list[float]] = {"1": [], "2 (planned)": [], "2 (forced)": []}
+        for r in range(args.repeats):
+            for i, (label, workers, startup) in enumerate((
+                    ("1", 1, None), ("2 (planned)", 2, None), ("2 (forced)", 2, "0"))):
+                if startup is None:
+                    os.environ.pop(STARTUP_ENV, None)
+                else:
+                    os.environ[STARTUP_ENV] = startup
+                seg[label].append(timed(lambda w=workers, i=i, r=r: segment_volume(
+                    pred, str(work / f"2-D.zarr/seg{i}-{r}"), num_workers=w,
+                    overwrite=True, progress=False, pyramid=False)))
+        os.environ.pop(STARTUP_ENV, None)
+        estimate = _seconds(segment_volume(pred, str(work / "2-D.zarr/segdry"),
+                                           dry_run=True, progress=False))
+        best = {k: min(v) for k, v in seg.items()}
+        for label in seg:
+            rows.append({"case": f"segment 2-D {side_2d}^2", "run": f"{label} worker(s)",
+                         "seconds": best[label], "all_seconds": seg[label],
+                         "ratio": best[label] / best["1"]})
+        rows.append({"case": f"segment 2-D {side_2d}^2", "run": "dry-run estimate (1 worker)",
+                     "seconds": estimate, "ratio": estimate / best["1"]})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("| case | run | wall s (best) | ratio | CPU s (best) | CPU ratio |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        cpu_s = f"{r['cpu_seconds']:.2f}" if "cpu_seconds" in r else ""
+        cpu_r = f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else ""
+        print(f"| {r['case']} | {r['run']} | {r['seconds']:.2f} | {r['ratio']:.3f} | "
+              f"{cpu_s} | {cpu_r} |")
+    print("ratio: predict rows against the in-memory pass, segment rows against 1 worker, "
+          "estimates against the run they estimate")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "machine": platform.node(), "cores": os.cpu_count(), "repeats": args.repeats,
+        "load_average": os.getloadavg(), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512, help="3-D volume side, voxels")
     parser.add_argument("--block", type=int, default=128, help="block side, voxels")
     parser.add_argument("--quick", action="store_true", help="96^3 volume, 48^3 blocks")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--json", type=Path, default=Path("bench/results/scale.json"))
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--planner", action="store_true", help="the planner's cases")
+    parser.add_argument("--repeats", type=int, default=2, help="--planner: runs per timing")
     args = parser.parse_args()
+    if args.planner:
+        args.json = args.json or Path("bench/results/scale-planner.json")
+        planner(args)
+        return
+    args.json = args.json or Path("bench/results/scale.json")
     side_2d = 2048
     if args.quick:
         args.size, args.block, side_2d = 96, 48, 512

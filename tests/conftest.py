@@ -39,3 +39,13 @@ def tiny_checkpoint(tiny_unet: Callable[..., UNet]) -> Callable[..., Any]:
         )
 
     return build
+
+
+@pytest.fixture(autouse=True)
+def _workers_as_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests of parallel paths get the workers they ask for: with a start-up cost of 0 the
+    planner never runs their tiny jobs in-process (test_plan sets the cost where it tests
+    that choice)."""
+    from innerdist.plan import STARTUP_ENV
+
+    monkeypatch.setenv(STARTUP_ENV, "0")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from innerdist.evaluate import (
     instance_scores,
     write_scores,
 )
-from innerdist.volumes import create_volume, mark_complete
+from innerdist.volumes import create_volume, mark_complete, open_volume
 
 # --------------------------------------------------------------------------------------
 # helpers
@@ -286,6 +287,70 @@ def test_evaluate_volumes_with_workers_equals_serial(scene: dict[str, str]) -> N
         scene["pred"], scene["gt"], block_shape=(1, 8, 8), num_workers=2, progress=False
     )
     assert_scores_close(pooled, serial)
+    # Blocks cut another way count the same (the distance context is exact).
+    assert_scores_close(evaluate_volumes(scene["pred"], scene["gt"], block_shape=(2, 5, 40),
+                                         progress=False), serial)
+
+
+def test_evaluate_resumes_with_the_blocks_it_counted(
+    scene: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import innerdist.evaluate as evaluate
+
+    tracking = tmp_path / "scores.blocks"
+    real = evaluate._score_block
+    calls: list[Roi] = []
+
+    def dies_at_the_third(plan: Any, arrays: Any, read: Roi, write: Roi, counters: Any) -> None:
+        calls.append(write)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed part way
+        real(plan, arrays, read, write, counters)
+
+    monkeypatch.setattr(evaluate, "_score_block", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_volumes(scene["pred"], scene["gt"], block_shape=(1, 8, 8), progress=False,
+                         tracking_dir=tracking)
+    assert len(list((tracking / "counts").glob("*.pickle"))) == 2
+    calls.clear()
+    monkeypatch.setattr(evaluate, "_score_block", lambda *a: (calls.append(a[3]), real(*a)))
+    resumed = evaluate_volumes(scene["pred"], scene["gt"], block_shape=(1, 8, 8),
+                               progress=False, tracking_dir=tracking)
+    total = evaluate._plan(*[open_volume(scene[k]) for k in ("pred", "gt")], None, "auto",
+                           40.0, 200.0, (1, 8, 8))[0].num_blocks()
+    assert len(calls) == total - 2  # the two counted blocks are not counted again
+    assert not tracking.exists()  # gone once the scores are computed
+    assert_scores_close(resumed, evaluate_volumes(scene["pred"], scene["gt"],
+                                                  block_shape=(1, 8, 8), progress=False))
+
+
+def test_evaluate_through_a_worker_command_needs_a_shared_folder(scene: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="needs a folder on the shared file system"):
+        evaluate_volumes(scene["pred"], scene["gt"], worker_command="srun {command}")
+
+
+@pytest.mark.slow
+def test_evaluate_through_the_fake_submitter_equals_serial(
+    scene: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    import innerdist
+
+    tests = Path(__file__).resolve().parent
+    src = Path(innerdist.__file__).resolve().parent.parent
+    monkeypatch.setenv("PYTHONPATH", f"{src}{os.pathsep}{tests}")
+    submit = f"{sys.executable} {tests / 'fake_submit.py'} {{command}}"
+    serial = evaluate_volumes(scene["pred"], scene["gt"], mask=scene["mask"],
+                              block_shape=(1, 8, 8), progress=False)
+    out = tmp_path / "scores.json"
+    result = CliRunner().invoke(app, [
+        "evaluate", scene["pred"], scene["gt"], "--mask", scene["mask"], "--block-shape",
+        "1,8,8", "--workers", "2", "--worker-command", submit, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    scores = json.loads(out.read_text())
+    assert_scores_close({k: scores[k] for k in serial}, serial)
+    assert not out.with_suffix(".blocks").exists()
 
 
 def test_evaluate_volumes_refuses_bad_inputs(scene: dict[str, str], tmp_path: Path) -> None:

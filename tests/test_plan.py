@@ -30,6 +30,10 @@ def test_estimate_is_start_up_plus_rounds_of_blocks() -> None:
     assert plan().estimated_seconds == 3.0 + 3 * 2.0  # 10 blocks on 4 workers: 3 rounds
     assert plan(workers=1, worker_startup_seconds=0.0).estimated_seconds == 20.0
     assert plan(workers=10).estimated_seconds == 5.0
+    # Measured set-up and first-block warm-up are paid once.
+    measured = plan(setup_seconds=1.5, warmup_seconds=0.5)
+    assert measured.estimated_seconds == 1.5 + 3.0 + 0.5 + 3 * 2.0
+    assert "(worker start-up 3 s, set-up 1.5 s, first block +0.5 s)" in str(measured)
 
 
 def test_plan_text() -> None:
@@ -143,3 +147,133 @@ def test_segment_dry_run_writes_nothing(tmp_path: Path, mode: str) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("segment: plan (nothing was written)\n")
     assert not out.exists()
+
+
+# --- planning blocks and workers ------------------------------------------------------------
+
+
+def test_planned_blocks_fit_the_budget_tile_the_volume_and_feed_the_workers() -> None:
+    from innerdist.plan import BLOCKS_PER_WORKER, choose_block_shape
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        dims = int(rng.integers(2, 4))
+        volume = tuple(int(v) for v in rng.integers(1, 600, dims))
+        tile = tuple(int(t) for t in rng.integers(4, 80, dims))
+        margin = tuple(int(m) for m in rng.integers(0, 20, dims))
+        workers = int(rng.integers(1, 5))
+        budget = int(rng.integers(10**4, 10**9))
+        block = choose_block_shape(volume, tile=tile, margin=margin, in_bytes_per_voxel=8,
+                                   out_bytes_per_voxel=12, budget_bytes=budget,
+                                   workers=workers, max_block_voxels=2**20)
+        for b, t, v in zip(block, tile, volume, strict=True):
+            assert b % t == 0 or b == v  # whole tiles, or the whole axis
+            assert b <= max(v, t)
+        grown = [min(max(b, t), v) for b, t, v in zip(block, tile, volume, strict=True)]
+        one_tile = all(b <= t for b, t in zip(block, tile, strict=True))
+        if not one_tile:  # the start (one tile per block) is kept even when it does not fit
+            memory = math.prod(b + 2 * m for b, m in zip(grown, margin, strict=True)) * 8 \
+                + math.prod(grown) * 12
+            assert memory <= budget and math.prod(grown) <= 2**20
+            blocks = math.prod(math.ceil(v / b) for v, b in zip(volume, block, strict=True))
+            assert workers == 1 or blocks >= BLOCKS_PER_WORKER * workers
+
+
+def test_a_bigger_budget_never_gives_smaller_blocks() -> None:
+    from innerdist.plan import choose_block_shape
+
+    sizes = [
+        math.prod(choose_block_shape((300, 500, 700), tile=(32, 40, 40), margin=(8, 8, 8),
+                                     in_bytes_per_voxel=8, out_bytes_per_voxel=12,
+                                     budget_bytes=budget))
+        for budget in (10**5, 10**6, 10**7, 10**8, 10**9)
+    ]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_chunks_divide_planned_blocks() -> None:
+    from innerdist.plan import chunk_shape_for
+
+    assert chunk_shape_for((256, 256, 256), (64, 64, 64), max_voxels=64**3) == (64, 64, 64)
+    assert chunk_shape_for((192, 120), (64, 40), max_voxels=3000) == (64, 40)
+    assert chunk_shape_for((37, 45), (24, 12)) == (37, 45)  # small: the block itself
+
+
+def test_workers_are_capped_by_blocks_and_dropped_when_start_up_dominates() -> None:
+    from innerdist.plan import choose_workers
+
+    assert choose_workers(8, blocks=3, serial_seconds=None) == 3
+    assert choose_workers(2, blocks=1, serial_seconds=1000.0) == 1
+    # 2 workers: startup + T/2 <= 0.8 T  <=>  T >= startup / 0.3
+    assert choose_workers(2, blocks=10, serial_seconds=16.0, startup_seconds=5.0) == 1
+    assert choose_workers(2, blocks=10, serial_seconds=17.0, startup_seconds=5.0) == 2
+    # Measured scaling wins over perfect scaling: threads already used the cores.
+    assert choose_workers(2, blocks=10, serial_seconds=100.0, parallel_seconds=90.0,
+                          startup_seconds=5.0) == 1
+    assert choose_workers(2, blocks=10, serial_seconds=100.0, parallel_seconds=70.0,
+                          startup_seconds=5.0) == 2
+    with pytest.raises(ValueError, match="requested workers must be >= 1"):
+        choose_workers(0, blocks=1, serial_seconds=None)
+
+
+def test_memory_sizes_and_budget() -> None:
+    from innerdist.plan import memory_budget, parse_bytes
+
+    assert parse_bytes("1.5K") == 1536 and parse_bytes(" 2 GiB ") == 2 * 2**30
+    for bad in ("", "G", "-1G", "nanM", "4X"):
+        with pytest.raises(ValueError, match="memory size must be a positive number"):
+            parse_bytes(bad)
+    assert memory_budget(4, 1000) == 1000
+    assert memory_budget(2) * 2 <= memory_budget(1) + 1
+    with pytest.raises(ValueError, match="memory budget must be a positive number of bytes"):
+        memory_budget(1, 0)
+
+
+def test_small_jobs_run_in_process_and_workers_never_outnumber_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_segment import scene_2d, write_prediction
+    from test_targets import write_labels
+
+    import innerdist.blockwise
+    from innerdist.checkpoint import random_checkpoint, save_checkpoint
+    from innerdist.plan import STARTUP_ENV
+    from innerdist.predict import predict_volume
+    from innerdist.segment import segment_volume
+
+    used: list[tuple[str, int]] = []
+    real = innerdist.blockwise.run_blockwise
+
+    def spy(name: str, **kwargs: object) -> None:
+        used.append((name, kwargs["num_workers"]))  # type: ignore[arg-type]
+        real(name, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(innerdist.blockwise, "run_blockwise", spy)
+    raw = np.random.default_rng(5).integers(0, 256, (60, 68), dtype=np.uint8)
+    write_labels(tmp_path / "in.zarr" / "raw", raw, (6, 4))
+    ckpt = random_checkpoint(tiny_unet(2), tiny_predictor(1), (6, 4), NORM_UINT8, seed=4)
+    model = str(save_checkpoint(tmp_path / "model.pt", ckpt))
+    pred = write_prediction(tmp_path / "in.zarr" / "pred",
+                            scene_2d()[np.newaxis].astype(np.float32))  # 40 x 40
+
+    monkeypatch.setenv(STARTUP_ENV, "5")  # a second of work is not worth a worker
+    predict_volume(model, tmp_path / "in.zarr/raw", tmp_path / "o.zarr/p", device="cpu",
+                   block_shape=(12, 12), num_workers=2, progress=False)
+    segment_volume(pred, tmp_path / "o.zarr/s", block_shape=(16, 16), num_workers=2,
+                   progress=False, pyramid=False)
+    assert {w for _, w in used} == {1}, used
+
+    used.clear()
+    monkeypatch.setenv(STARTUP_ENV, "0")  # free workers: as many as asked, one per block
+    segment_volume(pred, tmp_path / "o.zarr/s2", mode="threshold", block_shape=(40, 24),
+                   num_workers=4, progress=False, pyramid=False)
+    assert used == [("segment-threshold", 2)]  # 2 blocks
+
+
+def test_cli_memory_budget_is_checked(tmp_path: Path) -> None:
+    from innerdist.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "m.pt"), "x.zarr/raw",
+                                      "y.zarr/p", "--memory-budget", "4X"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "memory size must be a positive number" in result.output and "'4X'" in result.output

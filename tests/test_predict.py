@@ -361,15 +361,46 @@ def test_quantized_outputs(volume_2d: dict[str, Any], dtype: str, atol: float) -
     np.testing.assert_allclose(dequantize(pred[pred.roi], pred.attrs), expected, atol=atol)
 
 
-def test_default_block_shape_is_the_eval_output_times_the_batch(
-    volume_2d: dict[str, Any],
+def test_planned_blocks_are_whole_tiles_and_give_the_in_memory_output(
+    volume_2d: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from innerdist.plan import choose_block_shape
+
+    # Default budget: the 37 x 45 image is one block.
     out = predict_volume(volume_2d["path"], volume_2d["raw"], volume_2d["out"], batch_size=3,
                          progress=False)
     pred = open_volume(out)
-    assert tuple(pred.chunk_shape) == (2, 24, 12)
-    assert pred.attrs["innerdist_job"]["block_shape"] == [24, 12]
+    assert tuple(pred.chunk_shape) == (2, 37, 45)
+    assert pred.attrs["innerdist_job"]["block_shape"] == [37, 45]
     np.testing.assert_allclose(pred[pred.roi], volume_2d["expected"], atol=1e-5)
+
+    # A budget of a few tiles: several blocks, each a whole number of (batched) tiles.
+    chosen: list[tuple[int, ...]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> tuple[int, ...]:
+        chosen.append(choose_block_shape(*args, **kwargs))
+        assert kwargs["tile"] == [24, 12]  # eval output 8 x 12, first axis times the batch
+        return chosen[-1]
+
+    monkeypatch.setattr("innerdist.plan.choose_block_shape", spy)
+    out2 = str(Path(volume_2d["out"]).parent / "small")
+    predict_volume(volume_2d["path"], volume_2d["raw"], out2, batch_size=3, progress=False,
+                   memory_budget=20_000)
+    block = chosen[0]
+    # Each axis whole tiles, or the whole image (then the tiles split it as in memory).
+    assert all(b % t == 0 or b == v for b, t, v in zip(block, (24, 12), (37, 45), strict=True))
+    assert block[1] < 45, block
+    pred2 = open_volume(out2)
+    assert pred2.attrs["innerdist_job"]["block_shape"] == list(block)
+    np.testing.assert_allclose(pred2[pred2.roi], volume_2d["expected"], atol=1e-5)
+
+    # Run again where the planner would cut other blocks: the finished output is the same
+    # job (a no-op), not "another job's output".
+    chosen.clear()
+    stamp = (Path(out) / "s0" / "zarr.json").stat().st_mtime_ns
+    assert predict_volume(volume_2d["path"], volume_2d["raw"], out, batch_size=3,
+                          progress=False, memory_budget=20_000, num_workers=2) == out
+    assert chosen == [] and (Path(out) / "s0" / "zarr.json").stat().st_mtime_ns == stamp
 
 
 def test_two_workers_fail_on_nan_and_resume(volume_2d: dict[str, Any], tmp_path: Path) -> None:

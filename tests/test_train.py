@@ -579,3 +579,78 @@ def test_losses_read_back_in_groups_log_the_same_rows(
                        / "stats.csv")
     assert [r["iteration"] for r in grouped] == [str(i) for i in range(1, 8)]
     assert [r["loss"] for r in grouped] == [r["loss"] for r in every]
+
+
+# --- train --dry-run --------------------------------------------------------------------
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in path.rglob("*")} if path.exists() else {}
+
+
+def test_dry_run_measures_a_run_and_writes_nothing(data_dir: Path, tmp_path: Path) -> None:
+    from innerdist.config import load_config
+    from innerdist.train import plan_training
+
+    config_path = write_config(tmp_path, config_dict(data_dir, iterations=4, batch_size=1))
+    run = tmp_path / "r"
+    result = runner.invoke(app, ["train", str(config_path), "--run-dir", str(run),
+                                 "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert not run.exists()
+    lines = result.output.splitlines()
+    assert lines[0] == "train: plan (nothing was written)"
+    unet = load_config(config_path).model.unet()
+    out_shape = tuple(unet.output_shape((44, 44)))
+    assert lines[1] == f"  crops                input (44, 44), output {out_shape} voxels, batch 1"
+    assert "4 iteration(s) to go take about" in lines[4]
+
+    # A real run: the plan's figures are the run's (parameters, checkpoint size), and a
+    # dry run of the resumable run changes nothing in its folder.
+    train(config_path, run, progress=False)
+    ckpt = load_checkpoint(run / "checkpoints" / "iteration_4.pt")
+    before = _tree(run)
+    plan = plan_training(config_path, run, minutes=1e-4)
+    assert _tree(run) == before
+    assert plan.parameters == sum(w.numel() for w in ckpt.weights.values())
+    assert plan.output_shape == out_shape and plan.context == tuple(unet.context)
+    size = (run / "checkpoints" / "iteration_4.pt").stat().st_size
+    assert abs(plan.checkpoint_bytes - size) <= 0.05 * size
+    assert plan.checkpoints_kept == 2 + 2  # keep_last + one best file per criterion
+    assert plan.start == 4 and plan.iterations_to_run == 0  # nothing left to do
+    assert plan.iteration_seconds > 0 and plan.timed_iterations == 2
+
+
+def test_training_plan_fits_iterations_to_the_budget() -> None:
+    import dataclasses
+
+    from innerdist.plan import TrainingPlan
+
+    plan = TrainingPlan(
+        input_shape=(44, 44), output_shape=(4, 4), batch_size=2, output_step=(2, 2),
+        context=(20, 20), parameters=1234, device="cpu", iteration_seconds=0.5,
+        data_seconds=0.1, timed_iterations=2, host_memory_bytes=2**20,
+        device_memory_bytes=None, start=10, iterations=1000, budget_seconds=60.0,
+        checkpoint_bytes=1000, checkpoints_kept=4)
+    assert plan.iterations_to_run == 120 and plan.estimated_seconds == 60.0
+    assert "120 of the 990 iteration(s) to go fit the time budget of 1 min 0 s " \
+        "(resuming at iteration 10)" in str(plan)
+    unlimited = dataclasses.replace(plan, budget_seconds=None)
+    assert unlimited.iterations_to_run == 990
+    assert "990 iteration(s) to go take about 8 min 15 s" in str(unlimited)
+    assert "<= 3.9 KiB (4 x 1000 B)" in str(plan)
+
+
+def test_dry_run_bad_input_exits_2(data_dir: Path, tmp_path: Path) -> None:
+    from innerdist.train import plan_training
+
+    bad = config_dict(data_dir)
+    bad["model"]["input_shape"] = [44, 44, 44]
+    bad["model"]["downsample_factors"] = [[2, 2, 2]]
+    config_path = write_config(tmp_path, bad)
+    result = runner.invoke(app, ["train", str(config_path), "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "model.input_shape has 3 axes" in result.output
+    with pytest.raises(ValueError, match="timed_iterations must be an integer >= 1"):
+        plan_training(config_path, timed_iterations=0)

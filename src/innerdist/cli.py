@@ -315,10 +315,12 @@ def evaluate(
         ),
     ] = None,
     workers: Workers = 1,
+    worker_command: WorkerCommand = None,
     overwrite: Overwrite = False,
     verbose: Verbose = False,
 ) -> None:
-    """Score a segmentation against ground truth (binary and instance scores), blockwise."""
+    """Score a segmentation against ground truth (binary and instance scores), blockwise
+    (resumable with --out: the block counts wait next to it until the scores are written)."""
     _setup_logging(verbose)
     from innerdist.evaluate import (
         DEFAULT_IOU_THRESHOLDS,
@@ -351,6 +353,8 @@ def evaluate(
         block_shape=_parse_shape(block_shape),
         iou_thresholds=thresholds,
         num_workers=workers,
+        worker_command=worker_command,
+        tracking_dir=None if out is None else Path(out).with_suffix(".blocks"),
     )
     typer.echo(format_scores(scores))
     if out is not None:
@@ -388,7 +392,15 @@ def predict(
         str | None,
         typer.Option(
             help="Write block (and chunk) shape in output voxels, comma separated; rounded "
-            "up to the network's output step (default: the model's eval output shape)."
+            "up to the network's output step (default: planned from the network's tiles, "
+            "the memory budget and the volume)."
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory one block may use when blocks are planned, e.g. 4G (default: a "
+            "quarter of the RAM shared by the workers)."
         ),
     ] = None,
     batch_size: Annotated[
@@ -432,6 +444,7 @@ def predict(
     """Predict a raw volume blockwise with a trained network (resumable: run the same
     command again after an interruption)."""
     _setup_logging(verbose)
+    from innerdist.plan import parse_bytes
     from innerdist.predict import parse_roi, predict_volume
     from innerdist.volumes import level_path
 
@@ -445,6 +458,7 @@ def predict(
         worker_command=worker_command,
         device=device,
         block_shape=_parse_shape(block_shape),
+        memory_budget=None if memory_budget is None else parse_bytes(memory_budget),
         batch_size=batch_size,
         dtype=dtype,
         precision=precision,
@@ -801,6 +815,15 @@ def train(
             "validation once it is spent (default: training.max_minutes, else none).",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the plan (crop shapes, network output and context, parameters, "
+            "time and memory per iteration measured on two iterations, iterations that fit "
+            "the time budget, checkpoint disk) and write nothing.",
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Train a U-Net as CONFIG says, validate it and keep the best checkpoint.
@@ -810,9 +833,13 @@ def train(
     """
     _setup_logging(verbose)
     from innerdist.config import ConfigError
+    from innerdist.train import plan_training
     from innerdist.train import train as run_training
 
     try:
+        if dry_run:
+            typer.echo(str(plan_training(config, run_dir, minutes=minutes)))
+            return
         result = run_training(config, run_dir, minutes=minutes)
     except ConfigError as e:
         # All problems on the one line the error handler prints.

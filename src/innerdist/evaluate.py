@@ -1,8 +1,8 @@
 """Scoring a segmentation volume against ground truth, blockwise (larger than memory).
 
 The scores themselves (definitions, empty-case conventions) are in :mod:`innerdist.metrics`;
-this module reads volumes block by block, feeds the counters of that module, optionally in
-worker processes, and reports the result as JSON, CSV and a text table.
+this module reads volumes block by block (daisy blocks, optionally in workers), feeds the
+counters of that module, and reports the result as JSON, CSV and a text table.
 
 Every instance score and every binary count is a function of the *contingency table*: the
 number of voxels carrying each (predicted id, ground-truth id) pair. The table is small
@@ -27,13 +27,16 @@ the volume is cut into blocks.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
+import logging
 import math
-import multiprocessing
+import os
+import pickle
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +75,12 @@ __all__ = [
 ]
 
 Mode = Literal["auto", "binary", "instances"]
+
+logger = logging.getLogger(__name__)
+
+#: In-process counting time per voxel and channel, seconds (distance transforms included;
+#: about what segment costs). Only to decide whether workers pay off.
+_SECONDS_PER_VOXEL = 1.5e-6
 
 
 # --------------------------------------------------------------------------------------
@@ -369,25 +378,80 @@ def evaluate_arrays(
     return _results(plan, counters, note, thresholds, _units(predicted))
 
 
-# Worker-process side of evaluate_volumes(num_workers > 1): arrays opened once per process.
-_worker_arrays: dict[tuple[str, str, str | None], tuple[Array, Array, Array | None]] = {}
+def _plan_to_json(plan: _Plan) -> dict[str, Any]:
+    return {
+        "mode": plan.mode,
+        "roi": [list(plan.roi.offset), list(plan.roi.shape)],
+        "voxel_size": list(plan.voxel_size),
+        "num_channels": plan.num_channels,
+        "pred_has_channels": plan.pred_has_channels,
+        "gt_has_channels": plan.gt_has_channels,
+        "mask_has_channels": plan.mask_has_channels,
+        "tol_distance": plan.tol_distance,
+        "clip_distance": plan.clip_distance,
+        "block_shape": list(plan.block_shape),
+    }
 
 
-def _score_blocks_in_worker(
-    paths: tuple[str, str, str | None], plan: _Plan, blocks: list[tuple[Roi, Roi]]
-) -> _Counters:
-    from innerdist.volumes import open_volume
+def _plan_from_json(fields: Mapping[str, Any]) -> _Plan:
+    values = dict(fields)
+    offset, shape = values.pop("roi")
+    return _Plan(
+        **{**values, "roi": Roi(offset, shape), "voxel_size": Coordinate(values["voxel_size"]),
+           "block_shape": Coordinate(values["block_shape"])}
+    )
 
-    if paths not in _worker_arrays:
-        _worker_arrays[paths] = (
-            open_volume(paths[0]),
-            open_volume(paths[1]),
-            open_volume(paths[2]) if paths[2] is not None else None,
-        )
-    counters = _new_counters(plan)
-    for read, write in blocks:
-        _score_block(plan, _worker_arrays[paths], read, write, counters)
-    return counters
+
+def _counts_file(folder: Path, write: Roi) -> Path:
+    return folder / ("block-" + "_".join(str(int(o)) for o in write.offset) + ".pickle")
+
+
+class _BlockScorer:
+    """Counts one block (:func:`_score_block`) and stores its counters in
+    ``folder/block-<offset>.pickle`` (atomically), for :func:`evaluate_volumes` to merge.
+
+    Picklable (daisy ships it to local workers); the volumes are opened on first use in
+    each process. The read ROI daisy hands over is grown by the distance context and may
+    stick out of the evaluated ROI: it is cut to it, as the counters expect.
+    """
+
+    def __init__(self, paths: tuple[str, str, str | None], plan: _Plan, folder: str) -> None:
+        self.paths, self.plan, self.folder = paths, plan, folder
+        self._arrays: tuple[Array, Array, Array | None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    def __call__(self, read_roi: Roi, write_roi: Roi) -> None:
+        import os
+        import pickle
+        import uuid
+
+        from innerdist.volumes import open_volume
+
+        if self._arrays is None:
+            self._arrays = (
+                open_volume(self.paths[0]),
+                open_volume(self.paths[1]),
+                open_volume(self.paths[2]) if self.paths[2] is not None else None,
+            )
+        counters = _new_counters(self.plan)
+        _score_block(self.plan, self._arrays, read_roi.intersect(self.plan.roi), write_roi,
+                     counters)
+        target = _counts_file(Path(self.folder), write_roi)
+        tmp = target.with_name(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(pickle.dumps(counters))
+        os.replace(tmp, target)
+
+
+def block_scorer_function(
+    *, paths: list[str | None], plan: dict[str, Any], folder: str
+) -> _BlockScorer:
+    """:class:`_BlockScorer` rebuilt from JSON parameters, in a cluster worker."""
+    pred, gt, mask = paths
+    if pred is None or gt is None:
+        raise ValueError("an evaluation job needs the predicted and ground-truth paths")
+    return _BlockScorer((pred, gt, mask), _plan_from_json(plan), folder)
 
 
 def evaluate_volumes(
@@ -402,6 +466,8 @@ def evaluate_volumes(
     iou_thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS,
     num_workers: int = 1,
     progress: bool = True,
+    worker_command: str | None = None,
+    tracking_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a segmentation volume against ground truth, blockwise (larger than memory).
 
@@ -420,8 +486,15 @@ def evaluate_volumes(
     (uint16/32/64 or signed ids).
 
     ``tol_distance`` and ``clip_distance`` are world units (e.g. nm); ``block_shape`` is in
-    voxels; ``num_workers > 1`` scores chunks of blocks in that many spawned processes
-    (in a script, call it under ``if __name__ == "__main__":``, as for any spawned pool).
+    voxels. The blocks are counted through :func:`innerdist.blockwise.run_blockwise`, like
+    every blockwise job: ``num_workers > 1`` in that many daisy workers (spawned; in a
+    script, call it under ``if __name__ == "__main__":``), at most one per block and none
+    for a job too small for their start-up to pay off; ``worker_command`` starts them
+    through a cluster's submit command (:mod:`innerdist.workers`). Each block's counters
+    are kept in ``tracking_dir/counts`` (default: a temporary folder), so that an
+    interrupted evaluation with a ``tracking_dir`` resumes with the blocks it counted; they
+    are merged in block order, so the scores do not depend on the workers, and the folder
+    is removed once the scores are computed.
 
     Returns a JSON-able dict: ``mode``, ``units``, ``voxel_size``, ``roi_offset``,
     ``roi_shape`` (world units), ``roi_note``, the settings, and ``channels``: per channel
@@ -429,7 +502,10 @@ def evaluate_volumes(
     instance mode only). Definitions are in the module docstring of
     :mod:`innerdist.evaluate`.
     """
+    from innerdist.blockwise import clear_tracking, run_blockwise
+    from innerdist.plan import choose_workers
     from innerdist.volumes import is_complete, open_volume
+    from innerdist.workers import BlockFunction, resolve_worker_command
 
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
@@ -449,29 +525,64 @@ def evaluate_volumes(
     plan, note = _plan(
         arrays[0], arrays[1], arrays[2], mode, tol_distance, clip_distance, block_shape
     )
-    from tqdm import tqdm
-
+    worker_command = resolve_worker_command(worker_command)
+    if worker_command is not None and tracking_dir is None:
+        raise ValueError(
+            "evaluate through a worker command needs a folder on the shared file system "
+            "for the block counts (the CLI uses the one next to --out; give --out)"
+        )
     counters = _new_counters(plan)
-    bar = tqdm(total=plan.num_blocks(), unit="block", desc="evaluate", disable=not progress)
-    with bar:
-        if num_workers == 1:
-            for read, write in plan.blocks():
-                _score_block(plan, arrays, read, write, counters)
-                bar.update(1)
+    with contextlib.ExitStack() as stack:
+        if tracking_dir is None:
+            tracking = Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="innerdist-evaluate-")))
         else:
-            blocks = list(plan.blocks())
-            # A few chunks per worker: balances load without pickling a counter per block.
-            chunk = max(1, len(blocks) // (4 * num_workers))
-            chunks = [blocks[i : i + chunk] for i in range(0, len(blocks), chunk)]
-            # spawn, not fork: zarr keeps event-loop threads that a fork would copy mid-state.
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-                futures = [pool.submit(_score_blocks_in_worker, paths, plan, c) for c in chunks]
-                for future, part in zip(futures, chunks, strict=True):
-                    for (overlap, dist), (o2, d2) in zip(counters, future.result(), strict=True):
-                        overlap.merge(o2)
-                        dist.merge(d2)
-                    bar.update(len(part))
+            tracking = Path(os.path.abspath(tracking_dir))
+        folder = tracking / "counts"
+        folder.mkdir(parents=True, exist_ok=True)
+        # The job is what the counts depend on: counts of another job are never merged.
+        job = {"paths": [os.path.abspath(p) if p else None for p in paths],
+               "plan": _plan_to_json(plan)}
+        job_file = tracking / "evaluate.json"
+        if job_file.exists() and json.loads(job_file.read_text()) != job:
+            clear_tracking(tracking)
+            folder.mkdir(parents=True)
+        job_file.write_text(json.dumps(job))
+        voxel = plan.voxel_size
+        context = Coordinate(math.ceil(plan.clip_distance / v) for v in voxel) * voxel
+        requested = num_workers
+        num_workers = max(1, min(num_workers, plan.num_blocks()))
+        if worker_command is None and num_workers > 1:
+            seconds = math.prod(plan.roi.shape / voxel) * plan.num_channels * _SECONDS_PER_VOXEL
+            usable = min(num_workers, os.cpu_count() or 1)  # single-threaded counting
+            num_workers = choose_workers(num_workers, blocks=plan.num_blocks(),
+                                         serial_seconds=seconds,
+                                         parallel_seconds=seconds / usable)
+        if num_workers != requested:
+            logger.info("evaluate: %d block(s) on %d worker(s) (%d asked for)",
+                        plan.num_blocks(), num_workers, requested)
+        run_blockwise(
+            "evaluate",
+            total_roi=plan.roi,
+            block_shape=plan.block_shape * voxel,
+            context=context,
+            process=_BlockScorer(paths, plan, str(folder)),
+            tracking_dir=tracking,
+            num_workers=num_workers,
+            progress=progress,
+            worker_command=worker_command,
+            worker_job=BlockFunction("innerdist.evaluate:block_scorer_function", {
+                "paths": job["paths"], "plan": job["plan"], "folder": str(folder)}),
+        )
+        # Merged in the order of the block grid, whoever counted them: the same scores
+        # for any number of workers.
+        for _, write in plan.blocks():
+            part = pickle.loads(_counts_file(folder, write).read_bytes())
+            for (overlap, dist), (o2, d2) in zip(counters, part, strict=True):
+                overlap.merge(o2)
+                dist.merge(d2)
+        if tracking_dir is not None:
+            clear_tracking(tracking)
     result = _results(plan, counters, note, thresholds, _units(arrays[0]))
     return {"predicted": paths[0], "ground_truth": paths[1], "mask": paths[2], **result}
 

@@ -9,14 +9,34 @@ much disk the output needs, and an estimated wall time for N workers::
     output on disk       <= 512 MiB (float32, 1 channel(s), uncompressed)
     estimated wall time  4 min 8 s with 4 worker(s) (worker start-up 3.2 s)
 
-The estimate is ``start-up + ceil(blocks / N) * per block``; the start-up of a worker is
-measured too (a fresh Python importing what a worker imports) when there is more than one
-worker or they are started through a worker command.
+The estimate is ``set-up + start-up + warm-up + ceil(blocks / N) * per block``: the set-up
+(reading the inputs and the network, as the dry run did), the warm-up (what the sample
+block's first run cost more than its second) and the start-up of a worker (a fresh Python
+importing what a worker imports; only with more than one worker or a worker command) are
+measured too.
+
+This module also *plans* a job before it runs (every job, not only dry runs):
+
+- :func:`choose_block_shape` picks ``predict``'s write blocks when the user gives none:
+  whole multiples of the network's forward-pass tile, as large as the memory budget
+  (:func:`memory_budget`) and the volume allow, but cut into enough blocks that every
+  worker has several. A block is then many tiles that share one read of raw and one
+  write, instead of one tile per block whose context is read, normalised and tracked
+  every time::
+
+      tile t, margin m             block = 3 x 3 tiles: read once with its margin
+      +--+------+--+               +--+------------------+--+
+      |m |  t   |m |  per tile     |m |  t  |  t  |  t  |m |
+      +--+------+--+               +--+------------------+--+
+
+- :func:`choose_workers` runs a job in this process when worker start-up would eat what
+  more workers save, and never starts more workers than there are blocks.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -27,7 +47,40 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Roi
 
-__all__ = ["Plan", "measure_block", "output_bytes", "worker_startup_seconds"]
+__all__ = [
+    "STARTUP_ENV",
+    "WORKER_STARTUP_SECONDS",
+    "Plan",
+    "TrainingPlan",
+    "assumed_startup_seconds",
+    "choose_block_shape",
+    "choose_workers",
+    "chunk_shape_for",
+    "measure_block",
+    "memory_budget",
+    "output_bytes",
+    "parse_bytes",
+    "worker_startup_seconds",
+]
+
+#: What starting one local worker costs (a fresh Python importing torch, zarr, innerdist),
+#: seconds; ``bench/scale.py`` measures it (2.5-9 s on a 2-core machine, by load). An
+#: assumption for :func:`choose_workers`, which must decide without spending it;
+#: ``$INNERDIST_WORKER_STARTUP_SECONDS`` replaces it (0: always use the workers asked for).
+WORKER_STARTUP_SECONDS = 5.0
+STARTUP_ENV = "INNERDIST_WORKER_STARTUP_SECONDS"
+#: Share of the machine's RAM that the blocks of all local workers may hold at once.
+RAM_FRACTION = 0.25
+#: Largest planned block, voxels (256^3, 4096^2): a killed job loses at most one block per
+#: worker, and progress moves.
+MAX_BLOCK_VOXELS = 2**24
+#: Largest planned output chunk, voxels (128^3).
+MAX_CHUNK_VOXELS = 2**21
+#: Blocks per worker the planner aims for with several workers (the last round idles less).
+BLOCKS_PER_WORKER = 4
+#: More workers only when, scaling perfectly, they would finish in this share of the
+#: in-process time, start-up included.
+PARALLEL_GAIN = 0.8
 
 
 @dataclass(frozen=True)
@@ -45,11 +98,14 @@ class Plan:
     output_description: str
     worker_startup_seconds: float
     note: str | None = None  # what the estimate leaves out
+    setup_seconds: float = 0.0  # measured: reading the inputs and the network before blocks
+    warmup_seconds: float = 0.0  # measured: what a worker's first block costs more
 
     @property
     def estimated_seconds(self) -> float:
         rounds = math.ceil(self.blocks / self.workers)
-        return self.worker_startup_seconds + rounds * self.block_seconds
+        return (self.setup_seconds + self.worker_startup_seconds + self.warmup_seconds
+                + rounds * self.block_seconds)
 
     def __str__(self) -> str:
         memory = (
@@ -66,11 +122,79 @@ class Plan:
             "sample block)",
             f"  output on disk       <= {_size(self.output_bytes)} ({self.output_description})",
             f"  estimated wall time  {_duration(self.estimated_seconds)} with {self.workers} "
-            f"worker(s) (worker start-up {self.worker_startup_seconds:.2g} s)",
+            f"worker(s) (worker start-up {self.worker_startup_seconds:.2g} s"
+            + (f", set-up {self.setup_seconds:.2g} s, first block +{self.warmup_seconds:.2g} s"
+               if self.setup_seconds or self.warmup_seconds else "") + ")",
         ]
         if self.note:
             lines.append(f"  note                 {self.note}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What ``innerdist train`` will do; ``str(plan)`` is what ``train --dry-run`` prints."""
+
+    input_shape: tuple[int, ...]  # voxels
+    output_shape: tuple[int, ...]
+    batch_size: int
+    output_step: tuple[int, ...]
+    context: tuple[int, ...]
+    parameters: int
+    device: str
+    iteration_seconds: float  # measured
+    data_seconds: float  # of which waiting for the crops (this process, no loader workers)
+    timed_iterations: int
+    host_memory_bytes: int | None
+    device_memory_bytes: int | None
+    start: int  # the iteration a run would resume from
+    iterations: int  # training.iterations
+    budget_seconds: float | None
+    checkpoint_bytes: int
+    checkpoints_kept: int  # keep_last iteration checkpoints + one best file per criterion
+
+    @property
+    def iterations_to_run(self) -> int:
+        """Iterations this call would run: the rest, or what fits the time budget."""
+        rest = max(0, self.iterations - self.start)
+        if self.budget_seconds is None or self.iteration_seconds <= 0:
+            return rest
+        return min(rest, int(self.budget_seconds / self.iteration_seconds))
+
+    @property
+    def estimated_seconds(self) -> float:
+        return self.iterations_to_run * self.iteration_seconds
+
+    def __str__(self) -> str:
+        memory = (
+            "host memory not measurable here"
+            if self.host_memory_bytes is None
+            else f"{_size(self.host_memory_bytes)} host memory"
+        )
+        if self.device_memory_bytes is not None:
+            memory += f", {_size(self.device_memory_bytes)} GPU memory"
+        rest = max(0, self.iterations - self.start)
+        if self.budget_seconds is None:
+            when = (f"{rest} iteration(s) to go take about "
+                    f"{_duration(self.estimated_seconds)}")
+        else:
+            when = (f"{self.iterations_to_run} of the {rest} iteration(s) to go fit the "
+                    f"time budget of {_duration(self.budget_seconds)}")
+        resumed = f" (resuming at iteration {self.start})" if self.start else ""
+        return "\n".join([
+            "train: plan (nothing was written)",
+            f"  crops                input {self.input_shape}, output {self.output_shape} "
+            f"voxels, batch {self.batch_size}",
+            f"  network              {self.parameters:,} parameters, output step "
+            f"{self.output_step}, context {self.context} voxels",
+            f"  per iteration        {self.iteration_seconds:.3g} s on {self.device} (crops "
+            f"{self.data_seconds:.2g} s), {memory} (measured on {self.timed_iterations} "
+            "iterations after a warm-up)",
+            f"  iterations           {when}{resumed}",
+            f"  checkpoints on disk  <= {_size(self.checkpoint_bytes * self.checkpoints_kept)}"
+            f" ({self.checkpoints_kept} x {_size(self.checkpoint_bytes)})",
+            "  note                 validation and loader workers are not in the estimate",
+        ])
 
 
 def _size(n: int) -> str:
@@ -114,15 +238,21 @@ def _reset_peak() -> bool:
 
 
 def measure_block(
-    process: Callable[[Roi, Roi], None], read_roi: Roi, write_roi: Roi, *, device: str = "cpu"
+    process: Callable[[Roi, Roi], None], read_roi: Roi, write_roi: Roi, *, device: str = "cpu",
+    first: list[float] | None = None,
 ) -> tuple[float, int | None, int | None]:
     """Run one block twice (the first run warms up caches, kernels and the device); returns
     the second run's seconds, the host memory the block added at its peak, and the peak GPU
-    memory (None on the CPU)."""
+    memory (None on the CPU). The first run's seconds are appended to ``first`` if given."""
     import torch
 
     cuda = device.startswith("cuda")
+    began = time.perf_counter()
     process(read_roi, write_roi)
+    if cuda:
+        torch.cuda.synchronize()
+    if first is not None:
+        first.append(time.perf_counter() - began)
     before = _rss_and_peak()
     measurable = before is not None and _reset_peak()
     if cuda:
@@ -149,3 +279,202 @@ def worker_startup_seconds(modules: Sequence[str]) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.perf_counter() - start
+
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def parse_bytes(text: str) -> int:
+    """``"512M"``, ``"4G"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (K/M/G/T are powers of 1024).
+
+    >>> parse_bytes("4G"), parse_bytes("512MiB"), parse_bytes("1000")
+    (4294967296, 536870912, 1000)
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"a memory size must be text like '4G', got {text!r}")
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in units else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        number = -1.0
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(
+            f"memory size must be a positive number with an optional unit K, M, G or T "
+            f"(e.g. '4G'), got {text!r}"
+        )
+    return int(number * units[unit])
+
+
+def _total_ram() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        return 8 * 2**30  # not POSIX: assume a small machine
+
+
+def memory_budget(workers: int, override: int | None = None) -> int:
+    """Bytes one block may hold: ``override`` (``--memory-budget``, per worker) or
+    :data:`RAM_FRACTION` of the machine's RAM shared by ``workers`` local workers.
+
+    Blocks live in host memory on CPU and GPU alike (the GPU sees one forward-pass tile at
+    a time, whose size the model's eval shape fixes). Total RAM, not free RAM: the same
+    machine plans the same blocks, so an interrupted job resumes as the same job.
+    """
+    if override is not None:
+        if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+            raise ValueError(f"memory budget must be a positive number of bytes, got {override!r}")
+        return override
+    return max(1, int(_total_ram() * RAM_FRACTION) // max(1, workers))
+
+
+def choose_block_shape(
+    volume_shape: Sequence[int],
+    *,
+    tile: Sequence[int],
+    margin: Sequence[int],
+    in_bytes_per_voxel: int,
+    out_bytes_per_voxel: int,
+    budget_bytes: int,
+    workers: int = 1,
+    max_block_voxels: int = MAX_BLOCK_VOXELS,
+) -> tuple[int, ...]:
+    """Write block shape (voxels) for a volume predicted in forward-pass tiles of ``tile``
+    output voxels that each need ``margin`` voxels of input on every side.
+
+    The block is a whole number of tiles per axis, so it costs the forward passes of the
+    same region in memory, and the blocks split each axis evenly (as few blocks per axis as
+    allowed, each rounded up to whole tiles). Blocks grow along their shortest axis while
+
+    - their input with margins (``in_bytes_per_voxel``) plus their output
+      (``out_bytes_per_voxel``) fits ``budget_bytes``,
+    - they have at most ``max_block_voxels`` voxels, and
+    - with several workers, the volume still has :data:`BLOCKS_PER_WORKER` blocks per worker.
+
+    An axis that one block covers gets the volume's extent (the tiles then split it as
+    evenly as in memory).
+
+    >>> choose_block_shape((2048, 2048), tile=(120, 120), margin=(20, 20),
+    ...                    in_bytes_per_voxel=4, out_bytes_per_voxel=8, budget_bytes=2**30)
+    (2048, 2048)
+    >>> choose_block_shape((512, 512, 512), tile=(64, 64, 64), margin=(8, 8, 8),
+    ...                    in_bytes_per_voxel=4, out_bytes_per_voxel=8, budget_bytes=2**30,
+    ...                    workers=4)
+    (192, 192, 256)
+    """
+    dims = len(volume_shape)
+    if not (len(tile) == len(margin) == dims) or min(tile) < 1 or min(margin) < 0 \
+            or min(volume_shape) < 1:
+        raise ValueError(
+            f"volume shape {tuple(volume_shape)}, tile {tuple(tile)} and margin "
+            f"{tuple(margin)} must have one entry per axis (positive; margin non-negative)"
+        )
+    min_blocks = 1 if workers <= 1 else BLOCKS_PER_WORKER * workers
+
+    def extent(axis: int, count: int) -> int:
+        """Block extent when ``count`` blocks split the axis."""
+        if count == 1:
+            return int(volume_shape[axis])
+        return math.ceil(math.ceil(volume_shape[axis] / count) / tile[axis]) * tile[axis]
+
+    def fits(block: list[int]) -> bool:
+        read = math.prod(b + 2 * m for b, m in zip(block, margin, strict=True))
+        memory = read * in_bytes_per_voxel + math.prod(block) * out_bytes_per_voxel
+        blocks = math.prod(math.ceil(v / b) for v, b in zip(volume_shape, block, strict=True))
+        return memory <= budget_bytes and math.prod(block) <= max_block_voxels \
+            and blocks >= min_blocks
+
+    counts = [math.ceil(v / t) for v, t in zip(volume_shape, tile, strict=True)]
+    block = [extent(a, c) for a, c in enumerate(counts)]
+    while True:
+        # Shortest axis first (the last axis wins ties: it is the contiguous one).
+        for axis in sorted(range(dims), key=lambda a: (block[a], -a)):
+            count = counts[axis]
+            while count > 1 and extent(axis, count) == block[axis]:
+                count -= 1  # fewer blocks that round up to the same extent
+            grown = list(block)
+            grown[axis] = extent(axis, count)
+            if grown[axis] > block[axis] and fits(grown):
+                counts[axis], block = count, grown
+                break
+        else:
+            return tuple(block)
+
+
+def chunk_shape_for(block: Sequence[int], tile: Sequence[int],
+                    max_voxels: int = MAX_CHUNK_VOXELS) -> tuple[int, ...]:
+    """Output chunks for planned blocks: the block cut into equal parts of whole tiles
+    until a chunk has at most ``max_voxels`` voxels (or is one tile), so that each block
+    writes whole chunks of its own and readers do not fetch 64 MiB to see one slice.
+
+    >>> chunk_shape_for((256, 256, 256), (64, 64, 64))
+    (128, 128, 128)
+    >>> chunk_shape_for((2048, 2048), (120, 120))   # one block covers the image
+    (2048, 2048)
+    """
+    chunk = [int(b) for b in block]
+    while math.prod(chunk) > max_voxels:
+        # Halve (or third, ...) the longest axis that splits into whole tiles.
+        for axis in sorted(range(len(chunk)), key=lambda a: -chunk[a]):
+            tiles, rest = divmod(chunk[axis], tile[axis])
+            factor = next((f for f in range(2, tiles + 1) if tiles % f == 0), None)
+            if rest == 0 and factor is not None:
+                chunk[axis] //= factor
+                break
+        else:
+            break
+    return tuple(chunk)
+
+
+def assumed_startup_seconds() -> float:
+    """``$INNERDIST_WORKER_STARTUP_SECONDS``, else :data:`WORKER_STARTUP_SECONDS`."""
+    text = os.environ.get(STARTUP_ENV)
+    if text is None:
+        return WORKER_STARTUP_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{STARTUP_ENV} must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def choose_workers(
+    requested: int,
+    *,
+    blocks: int,
+    serial_seconds: float | None,
+    parallel_seconds: float | None = None,
+    startup_seconds: float | None = None,
+) -> int:
+    """How many local workers a job should start: at most one per block, and 1 (the job
+    runs in this process) when the workers would not finish in :data:`PARALLEL_GAIN` of
+    the estimated in-process time ``serial_seconds`` once their start-up is paid.
+    ``parallel_seconds`` is the work's time on the workers (default: perfect scaling,
+    ``serial_seconds / workers``; a process that already uses every core through threads
+    scales worse, and its caller should measure). ``serial_seconds=None`` (no estimate)
+    keeps ``requested``. ``startup_seconds`` defaults to :func:`assumed_startup_seconds`.
+
+    >>> choose_workers(4, blocks=2, serial_seconds=None)
+    2
+    >>> choose_workers(2, blocks=16, serial_seconds=6.0, startup_seconds=5.0)
+    1
+    >>> choose_workers(2, blocks=16, serial_seconds=600.0, startup_seconds=5.0)
+    2
+    """
+    if requested < 1 or blocks < 0:
+        raise ValueError(f"requested workers must be >= 1 and blocks >= 0, got {requested}, "
+                         f"{blocks}")
+    workers = max(1, min(requested, blocks))
+    if workers == 1 or serial_seconds is None:
+        return workers
+    if startup_seconds is None:
+        startup_seconds = assumed_startup_seconds()
+    if parallel_seconds is None:
+        parallel_seconds = serial_seconds / workers
+    if startup_seconds + parallel_seconds > PARALLEL_GAIN * serial_seconds:
+        return 1
+    return workers

@@ -36,6 +36,7 @@ import itertools
 import logging
 import math
 import os
+import time as clock
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +44,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from innerdist.attrs import POSTPROCESSING_ATTR, PREDICTOR_ATTR, QUANTIZATION_ATTR, TTA_ATTR
+from innerdist.attrs import (
+    JOB_ATTR,
+    POSTPROCESSING_ATTR,
+    PREDICTOR_ATTR,
+    QUANTIZATION_ATTR,
+    TTA_ATTR,
+)
 
 # Normalisation is owned by innerdist.normalize; re-exported here, where it was first.
 from innerdist.normalize import NonFiniteRawError, normalize_raw
@@ -739,6 +746,9 @@ def _plan(
     num_workers: int,
     channels: int,
     cluster: bool,
+    chunk: tuple[int, ...] | None = None,
+    setup_seconds: float = 0.0,
+    pyramid: bool = True,
 ) -> str:
     """The ``dry_run`` of :func:`predict_volume`: one sample block from the middle of
     ``roi``, predicted into a temporary output, timed and measured."""
@@ -758,16 +768,17 @@ def _plan(
     with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
         sample_path = str(Path(tmp) / "plan.zarr" / "pred")
         sample = create_volume(sample_path, roi=roi, voxel_size=voxel, dtype=dtype,
-                               num_channels=channels, chunk_shape=block)
+                               num_channels=channels, chunk_shape=chunk or block)
         process = _BlockPredictor(
             model, normalization, raw=raw_array, raw_path=raw, out=sample,
             out_path=sample_path, device=device, tile_shape=tile, batch_size=batch_size,
             dtype=dtype, threads=threads, precision=precision,
         )
+        first: list[float] = []
         try:
             seconds, host, gpu = measure_block(
                 process, write_roi.grow(margin * voxel, margin * voxel), write_roi,
-                device=device,
+                device=device, first=first,
             )
         finally:
             torch.set_num_threads(threads_before)
@@ -781,8 +792,102 @@ def _plan(
         block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=gpu,
         output_bytes=output_bytes(shape, channels, dtype),
         output_description=f"{dtype}, {channels} channel(s), uncompressed",
-        worker_startup_seconds=startup,
+        worker_startup_seconds=startup, setup_seconds=setup_seconds,
+        warmup_seconds=max(0.0, first[0] - seconds),
+        note="the pyramid levels are not in the estimate" if pyramid else None,
     ))
+
+
+def _existing_block_shape(out: str | Path, dims: int) -> tuple[int, ...] | None:
+    """The block shape an existing ``predict`` output was written with, or None: an
+    unfinished one resumes with the blocks it has, and a finished one stays the same job
+    (a no-op) when run again with other workers or on a machine with other RAM."""
+    from innerdist.blockwise import _attrs_on_disk
+    from innerdist.volumes import split_volume_path
+
+    container, dataset = split_volume_path(out)
+    attrs = _attrs_on_disk(container / dataset) or {}
+    job = attrs.get(JOB_ATTR)
+    if not isinstance(job, dict) or job.get("task") != "predict":
+        return None
+    block = job.get("block_shape")
+    if not (isinstance(block, list) and len(block) == dims
+            and all(isinstance(b, int) and b > 0 for b in block)):
+        return None
+    return tuple(block)
+
+
+def _planned_block_shape(
+    shape: tuple[int, ...],
+    tiling: _Tiling,
+    *,
+    batch_size: int,
+    in_channels: int,
+    out_channels: int,
+    dtype: str,
+    tta: bool,
+    workers: int,
+    memory_budget: int | None,
+    cluster: bool = False,
+) -> tuple[int, ...]:
+    """:func:`innerdist.plan.choose_block_shape` for this network: tiles of the eval
+    output (first axis times the batch), and what a block holds per voxel: the raw and its
+    normalised float32 copy; the float32 prediction, its tile-padded buffer and the stored
+    copy (with TTA also the sum and one view). Cluster workers run on machines of their
+    own: the RAM is not shared among them."""
+    from innerdist.plan import choose_block_shape
+    from innerdist.plan import memory_budget as budget_for
+
+    tile = list(tiling.max_tile)
+    tile[0] *= batch_size
+    per_out = out_channels * (4 * (4 if tta else 2) + np.dtype(dtype).itemsize)
+    return choose_block_shape(
+        shape, tile=tile, margin=tiling.margin, in_bytes_per_voxel=in_channels * 8,
+        out_bytes_per_voxel=per_out,
+        budget_bytes=budget_for(1 if cluster else workers, memory_budget), workers=workers,
+    )
+
+
+def _tile_seconds(model: Model, tiling: _Tiling, tile: Sequence[int],
+                  device: torch.device, threads: int | None = None) -> float:
+    """Seconds of one forward pass of a ``tile`` (the second of two: the first warms up),
+    with ``threads`` torch threads (default: as set)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        runner = _Runner(model.to(device).eval(), device, tile_shape=tile)
+        batch = np.zeros((1, model.num_in_channels, *tiling.input_shape(tile)), np.float32)
+        runner.forward(batch)
+        start = clock.perf_counter()
+        runner.forward(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return clock.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
+
+
+def _planned_workers(
+    requested: int, blocks: int, model: Model, tiling: _Tiling, shape: Sequence[int],
+    tile: Sequence[int], device: torch.device, *, views: int,
+) -> int:
+    """Local CPU workers for the job (:func:`innerdist.plan.choose_workers`). The work is
+    timed, not assumed to scale: one forward pass with all the cores' threads (one process)
+    and one with each worker's share of them, times the tiles the volume needs."""
+    from innerdist.plan import choose_workers
+
+    workers = max(1, min(requested, blocks))
+    if workers == 1:
+        return 1
+    tiles = math.prod(math.ceil(s / t) for s, t in zip(shape, tile, strict=True)) * views
+    serial = tiles * _tile_seconds(model, tiling, tile, device, threads=_cores())
+    share = max(1, _cores() // workers)
+    parallel = tiles * _tile_seconds(model, tiling, tile, device, threads=share) / workers
+    return choose_workers(requested, blocks=blocks, serial_seconds=serial,
+                          parallel_seconds=parallel)
 
 
 def parse_roi(text: str) -> Roi:
@@ -837,6 +942,7 @@ def predict_volume(
     precision: str = "fp32",
     dry_run: bool = False,
     tta: bool = False,
+    memory_budget: int | None = None,
 ) -> str:
     """Predict ``raw`` blockwise with the network in ``checkpoint``, into ``out``.
 
@@ -856,13 +962,22 @@ def predict_volume(
         data, from mirroring beyond (see the module docstring).
     num_workers
         Worker processes (1: serial, in this process); each uses ``cores / num_workers``
-        torch threads.
+        torch threads. Never more than the job has blocks; on the CPU without a
+        ``worker_command``, 1 (in this process) when the job, timed on one forward pass,
+        is too short for worker start-up to pay off (:func:`innerdist.plan.choose_workers`).
     device
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; default CUDA when available.
     block_shape
         Write block shape, output voxels, rounded up to a multiple of the U-Net's output
-        step; also the output's chunk shape. Default: the model's eval output shape
-        (rounded down to the step) with the first axis times ``batch_size``.
+        step; also the output's chunk shape. Default: planned for the job
+        (:func:`innerdist.plan.choose_block_shape`): whole multiples of the forward-pass
+        tile (the model's eval output shape, the first axis times ``batch_size``), as
+        large as ``memory_budget`` and the volume allow with several blocks per worker;
+        the chunks are then the blocks cut to at most 128^3 voxels. An existing output
+        (unfinished: resumed; finished: a no-op) keeps the blocks it was written with.
+    memory_budget
+        Bytes one block may hold (default: a quarter of the machine's RAM shared by the
+        workers; :func:`innerdist.plan.memory_budget`). Used only to plan blocks.
     batch_size
         Tiles of a block that go through the network in one forward pass.
     dtype
@@ -906,6 +1021,7 @@ def predict_volume(
     from innerdist.volumes import is_complete, num_channels, open_volume, split_volume_path
     from innerdist.workers import BlockFunction, resolve_worker_command
 
+    began = clock.perf_counter()  # the dry run measures the set-up a run repeats
     worker_command = resolve_worker_command(worker_command)
     if dtype not in OUTPUT_DTYPES:
         raise ValueError(f"dtype must be one of {list(OUTPUT_DTYPES)}, got {dtype!r}")
@@ -993,17 +1109,56 @@ def predict_volume(
     model = ckpt.build_model()  # fails on weights that do not fit, before any output exists
     tiling = _Tiling(unet)
     step = tiling.step
-    if block_shape is None:
-        blocks = list(tiling.max_tile)
-        blocks[0] *= batch_size
-    else:
-        blocks = [
+    shape = tuple(int(s) for s in roi.shape / voxel)
+    transforms = tta_transforms(voxel) if tta else None
+    out_channels = ckpt.predictor.embedding_dims
+    from innerdist.plan import chunk_shape_for
+
+    resumed = None if block_shape is not None or overwrite else _existing_block_shape(out, dims)
+    planned = block_shape is None and resumed is None
+    if block_shape is not None:
+        block = tuple(
             _round_up(b, s)
             for b, s in zip(_shape_arg(block_shape, "block_shape", dims), step, strict=True)
-        ]
-    block = tuple(blocks)
+        )
+        chunk = block
+    else:
+        block = resumed or _planned_block_shape(
+            shape, tiling, batch_size=batch_size, in_channels=channels,
+            out_channels=out_channels, dtype=dtype, tta=transforms is not None,
+            workers=num_workers, memory_budget=memory_budget,
+            cluster=worker_command is not None,
+        )
+        chunk = chunk_shape_for(block, tiling.max_tile)
     tile = tuple(min(t, b) for t, b in zip(tiling.max_tile, block, strict=True))
     margin = Coordinate(tiling.margin)
+    blocks_count = math.prod(math.ceil(s / b) for s, b in zip(shape, block, strict=True))
+    requested_workers = num_workers
+    if worker_command is None and resolved_device.type != "cuda":
+        num_workers = _planned_workers(
+            num_workers, blocks_count, model, tiling, shape, tile, resolved_device,
+            views=len(transforms) if transforms else 1,
+        )
+        if num_workers == 1 and requested_workers > 1 and planned:
+            # In this process after all: blocks planned for one worker (fewer, larger).
+            block = _planned_block_shape(
+                shape, tiling, batch_size=batch_size, in_channels=channels,
+                out_channels=out_channels, dtype=dtype, tta=transforms is not None,
+                workers=1, memory_budget=memory_budget,
+            )
+            chunk = chunk_shape_for(block, tiling.max_tile)
+            tile = tuple(min(t, b) for t, b in zip(tiling.max_tile, block, strict=True))
+            blocks_count = math.prod(
+                math.ceil(s / b) for s, b in zip(shape, block, strict=True))
+    else:
+        num_workers = max(1, min(num_workers, blocks_count))
+    if num_workers != requested_workers:
+        logger.info(
+            "predict: %d block(s) of %s voxels on %d worker(s) (%d asked for): %s",
+            blocks_count, block, num_workers, requested_workers,
+            "one worker per block at most" if num_workers > 1 or blocks_count == 1
+            else "worker start-up would cost more than more workers save",
+        )
 
     job = {
         "task": "predict",
@@ -1016,7 +1171,6 @@ def predict_volume(
         "dtype": dtype,
         "block_shape": list(block),
     }
-    transforms = tta_transforms(voxel) if tta else None
     if transforms is not None:
         job["tta"] = len(transforms)  # a TTA output never resumes a plain one
     if precision != "fp32":  # fp32 jobs keep the description they always had
@@ -1027,7 +1181,8 @@ def predict_volume(
             model, ckpt.normalization, raw_array=raw_array, raw=str(raw), roi=roi, block=block,
             tile=tile, margin=margin, device=str(resolved_device), batch_size=batch_size,
             dtype=dtype, precision=precision, threads=threads, num_workers=num_workers,
-            channels=ckpt.predictor.embedding_dims, cluster=worker_command is not None,
+            channels=out_channels, cluster=worker_command is not None, chunk=chunk,
+            setup_seconds=clock.perf_counter() - began, pyramid=pyramid,
         )
     attrs: dict[str, Any] = {
         PREDICTOR_ATTR: {"type": type(ckpt.predictor).__name__, **ckpt.predictor.to_dict()},
@@ -1046,8 +1201,8 @@ def predict_volume(
         roi=roi,
         voxel_size=voxel,
         dtype=dtype,
-        num_channels=ckpt.predictor.embedding_dims,
-        chunk_shape=block,
+        num_channels=out_channels,
+        chunk_shape=chunk,
         attrs=attrs,
         ome=True,
         units=world_unit(raw_array.units),

@@ -62,11 +62,13 @@ if TYPE_CHECKING:
     import torch
 
     from innerdist.model import Model
+    from innerdist.plan import TrainingPlan
 
 __all__ = [
     "STATS_COLUMNS",
     "RunResult",
     "default_run_dir",
+    "plan_training",
     "learning_rate",
     "train",
     "weighted_mse",
@@ -411,30 +413,30 @@ def _unwrap_loader_error(error: Exception) -> Exception:
 # --- training ---------------------------------------------------------------------------
 
 
-def train(
-    config_path: str | Path,
-    run_dir: str | Path | None = None,
-    *,
-    progress: bool = True,
-    minutes: float | None = None,
-) -> RunResult:
-    """Train (or resume training) as ``config_path`` says; see the module docstring.
+@dataclass
+class _Setup:
+    """What :func:`train` and :func:`plan_training` check and build before a run
+    directory is touched."""
 
-    ``minutes`` (default ``training.max_minutes``; ``None``: no limit) is this call's time
-    budget, counted from the call: training stops after the first iteration with which the
-    elapsed time plus the duration of the last validation reaches it, with a checkpoint and
-    a validation of that iteration (so ``best.pt`` knows the last state). Running again
-    resumes from there.
+    config: TrainConfig
+    run: Path
+    minutes: float | None
+    saved: TrainConfig | None
+    predictor: Any
+    unet: Any
+    sampler: Any
+    voxel_size: tuple[int, ...]
+    normalization: dict[str, Any]
+    volumes: list[Any]
+    device: torch.device
 
-    Raises ``ValueError``/``TypeError`` (invalid config, unusable data: missing datasets
-    are ``FileNotFoundError``), with one line naming the problem, before the run directory
-    is created or changed.
-    """
-    call_began = _now()
-    import torch
 
-    from innerdist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-    from innerdist.crops import CropSampler, TrainingDataset, VolumeSource, open_sources
+def _prepare(
+    config_path: str | Path, run_dir: str | Path | None, minutes: float | None
+) -> _Setup:
+    """Read the config and check everything that can fail on bad input (raises with one
+    line naming the problem); writes nothing."""
+    from innerdist.crops import CropSampler, VolumeSource, open_sources
     from innerdist.inner_distance import InnerDistancePredictor
     from innerdist.normalize import measure_normalization
 
@@ -447,7 +449,6 @@ def train(
         math.isfinite(minutes) and minutes > 0
     ):
         raise ValueError(f"minutes must be a positive number (time budget), got {minutes!r}")
-    budget_s = None if minutes is None else float(minutes) * 60.0
     saved = _check_resumable(run, config)
 
     # --- everything that can fail on bad input, before the run directory is touched ---
@@ -498,6 +499,42 @@ def train(
                 f"{unet.num_in_channels}"
             )
     device = _device(tc.device)
+
+    return _Setup(config, run, minutes, saved, predictor, unet, sampler, voxel_size,
+                  normalization, volumes, device)
+
+
+def train(
+    config_path: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    progress: bool = True,
+    minutes: float | None = None,
+) -> RunResult:
+    """Train (or resume training) as ``config_path`` says; see the module docstring.
+
+    ``minutes`` (default ``training.max_minutes``; ``None``: no limit) is this call's time
+    budget, counted from the call: training stops after the first iteration with which the
+    elapsed time plus the duration of the last validation reaches it, with a checkpoint and
+    a validation of that iteration (so ``best.pt`` knows the last state). Running again
+    resumes from there.
+
+    Raises ``ValueError``/``TypeError`` (invalid config, unusable data: missing datasets
+    are ``FileNotFoundError``), with one line naming the problem, before the run directory
+    is created or changed.
+    """
+    call_began = _now()
+    import torch
+
+    from innerdist.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from innerdist.crops import TrainingDataset
+
+    setup = _prepare(config_path, run_dir, minutes)
+    config, run, tc, minutes = setup.config, setup.run, setup.config.training, setup.minutes
+    budget_s = None if minutes is None else float(minutes) * 60.0
+    saved, predictor, unet, sampler = setup.saved, setup.predictor, setup.unet, setup.sampler
+    voxel_size, normalization, volumes = setup.voxel_size, setup.normalization, setup.volumes
+    device = setup.device
 
     # --- the run directory ---
     ckpt_dir = run / "checkpoints"
@@ -765,6 +802,107 @@ def train(
         data_wait_fraction=session_wait / session_time if session_time > 0 else None,
         validation_seconds=validation_seconds,
         out_of_time=out_of_time,
+    )
+
+
+def plan_training(
+    config_path: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    minutes: float | None = None,
+    timed_iterations: int = 2,
+) -> TrainingPlan:
+    """``innerdist train --dry-run``: what :func:`train` with these arguments would do,
+    from the same checks and ``timed_iterations`` real training steps (after one warm-up)
+    on crops of the configured data, with a throw-away model and optimizer; the size of
+    one checkpoint is measured by saving one to a temporary folder. Nothing is written
+    into the run directory."""
+    import torch
+
+    from innerdist.checkpoint import Checkpoint, save_checkpoint
+    from innerdist.plan import TrainingPlan, _reset_peak, _rss_and_peak
+
+    if isinstance(timed_iterations, bool) or not isinstance(timed_iterations, int) \
+            or timed_iterations < 1:
+        raise ValueError(f"timed_iterations must be an integer >= 1, got {timed_iterations!r}")
+    setup = _prepare(config_path, run_dir, minutes)
+    tc, unet, device = setup.config.training, setup.unet, setup.device
+    start = next(iter(_checkpoints(setup.run / "checkpoints")), (0, None))[0] \
+        if setup.saved is not None else 0
+    threads_before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(_threads(0))
+    try:
+        torch.manual_seed(tc.seed)
+        model = setup.predictor.create_model(unet).to(device)
+        optimizer = _optimizer(tc, model)
+        use_amp = tc.amp and device.type == "cuda"
+        amp_dtype = (
+            torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        )
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        from innerdist.crops import TrainingDataset
+
+        dataset = TrainingDataset(setup.sampler, tc.seed, (timed_iterations + 1) * tc.batch_size)
+
+        def step(index: int) -> float:
+            began = time.perf_counter()
+            items = [dataset[index * tc.batch_size + b] for b in range(tc.batch_size)]
+            batch = {k: torch.stack([item[k] for item in items]).to(device) for k in items[0]}
+            waited = time.perf_counter() - began
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                prediction = model(batch["raw"])
+            loss = weighted_mse(prediction, batch["target"], batch["weight"])
+            scaler.scale(loss).backward()
+            if tc.max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            float(loss)  # waits for the device
+            return waited
+
+        model.train()
+        step(0)  # warm-up: allocations, kernels, first reads
+        before = _rss_and_peak()
+        measurable = before is not None and _reset_peak()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        began = time.perf_counter()
+        waited = sum(step(i) for i in range(1, timed_iterations + 1))
+        seconds = (time.perf_counter() - began) / timed_iterations
+        after = _rss_and_peak()
+        host = after[1] - before[0] if measurable and before and after else None
+        gpu = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+        with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
+            state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "torch_rng": torch.get_rng_state(), "cuda_rng": None, "elapsed_s": 0.0}
+            ckpt = Checkpoint.from_model(model, setup.predictor, voxel_size=setup.voxel_size,
+                                         normalization=setup.normalization, iteration=1,
+                                         training_state=state)
+            size = save_checkpoint(Path(tmp) / "iteration_1.pt", ckpt).stat().st_size
+    finally:
+        torch.set_num_threads(threads_before)
+    input_shape = tuple(int(s) for s in unet.input_shape)
+    return TrainingPlan(
+        input_shape=input_shape,
+        output_shape=tuple(int(s) for s in unet.output_shape(input_shape)),
+        batch_size=tc.batch_size,
+        output_step=tuple(int(s) for s in unet.output_step),
+        context=tuple(int(c) for c in unet.context),
+        parameters=sum(p.numel() for p in model.parameters()),
+        device=str(device),
+        iteration_seconds=seconds,
+        data_seconds=waited / timed_iterations,
+        timed_iterations=timed_iterations,
+        host_memory_bytes=host,
+        device_memory_bytes=gpu,
+        start=start,
+        iterations=tc.iterations,
+        budget_seconds=None if setup.minutes is None else float(setup.minutes) * 60.0,
+        checkpoint_bytes=size,
+        checkpoints_kept=tc.keep_last + len(setup.config.validation.criteria),
     )
 
 
