@@ -62,6 +62,14 @@ def test_final_line_and_units(clock: Clock) -> None:
     assert out.getvalue() == "predict: 4/4 blocks, 0.5 block/s, took 8s\n"
 
 
+def test_plural_of_batch(clock: Clock) -> None:
+    out = io.StringIO()
+    with Progress(2, "segment-grow", "batch", stream=out) as bar:
+        clock.now += 1
+        bar.update(2)
+    assert out.getvalue().startswith("segment-grow: 2/2 batches, 2 batch/s")
+
+
 def test_disabled_or_nothing_done_prints_nothing(clock: Clock) -> None:
     out = io.StringIO()
     with Progress(5, "x", stream=out, enabled=False) as bar:

@@ -120,7 +120,12 @@ class Progress:
     def line(self, now: float | None = None) -> str:
         """The plain progress line for the current position."""
         now = time.monotonic() if now is None else now
-        plural = self.unit if self.unit.endswith("s") or self.unit == "it" else self.unit + "s"
+        if self.unit.endswith("s") or self.unit == "it":
+            plural = self.unit
+        elif self.unit.endswith(("ch", "sh", "x")):
+            plural = self.unit + "es"  # batches
+        else:
+            plural = self.unit + "s"
         unit = "iterations" if self.unit == "it" else plural
         text = f"{self.desc}: {self.n}/{self.total} {unit}"
         elapsed = now - self._began
