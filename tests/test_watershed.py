@@ -1,6 +1,8 @@
 """Instances from a prediction in memory: level seeds, dynamic seeds (h-maxima) and the
 tie rule (restriction consistency, agreement with skimage where values are distinct)."""
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -397,3 +399,17 @@ def test_seed_relief_is_the_capped_distance():
 def test_dynamic_seed_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_seed_relief_is_finite_below_minus_one() -> None:
+    from innerdist.watershed import seed_relief
+
+    pred = np.array([-3.0, -1.0, -0.5, 0.0, 0.5, 0.99, 1.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 'invalid value in arctanh'
+        relief = seed_relief(pred, seed_level=0.9, scale=10.0)
+    assert np.isfinite(relief).all()
+    # Values in (-1, 1) are the plain formula, capped at the seed level.
+    np.testing.assert_allclose(relief[2:5], 10 * np.arctanh([-0.5, 0.0, 0.5]))
+    assert relief[5] == relief[6] == 10 * np.arctanh(np.float64(0.9))
+    assert relief[0] == relief[1] < relief[2]

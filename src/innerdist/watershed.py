@@ -172,7 +172,9 @@ def seed_relief(
     capped = np.minimum(np.asarray(pred, np.float64), np.float64(seed_level))
     # pred is < 1 by contract; a stray 1.0 (float32 rounding of tanh) is capped anyway
     # when seed_level < 1, and clipped here otherwise.
-    capped = np.minimum(capped, np.nextafter(1.0, 0.0))
+    # Below, an untrained network's linear head can give values <= -1 (background, never
+    # foreground): kept finite instead of -inf / NaN, every value in (-1, 1) unchanged.
+    capped = np.clip(capped, np.nextafter(-1.0, 0.0), np.nextafter(1.0, 0.0))
     return np.arctanh(capped) * np.float64(scale)
 
 
