@@ -28,7 +28,6 @@ import csv
 import json
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment import peak_mb, tree_rss_mb  # noqa: E402  (the bench's one memory probe)
+from segment import peak_mb, run_child  # noqa: E402  (the bench's one memory probe)
 
 VOXEL_SIZE = (8, 8, 8)
 PROPERTIES = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min",
@@ -95,22 +94,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run(script: str, work: Path, mode: str, block: int, workers: int) -> dict[str, Any]:
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(
-            [sys.executable, script, "--child", mode, "--work", str(work), "--block",
-             str(block), "--workers", str(workers)],
-            stdout=stdout, stderr=stderr, text=True,
-        )
-        tree_peak = 0.0
-        while process.poll() is None:
-            tree_peak = max(tree_peak, tree_rss_mb(process.pid))
-            time.sleep(0.02)
-        stdout.seek(0)
-        stderr.seek(0)
-        if process.returncode != 0:
-            raise RuntimeError(f"{mode} run failed:\n{stderr.read()}")
-        row = json.loads(stdout.read().strip().splitlines()[-1])
-    return {**row, "tree_peak_mb": tree_peak}
+    return run_child([sys.executable, script, "--child", mode, "--work", str(work),
+                      "--block", str(block), "--workers", str(workers)], f"{mode} run")
 
 
 def same_table(csv_path: Path, memory: dict[str, np.ndarray]) -> bool:

@@ -147,12 +147,17 @@ def measure(script: str, work: Path, mode: str, block: int, workers: int, seeds:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src
+    return run_child(
+        [sys.executable, script, "--child", mode, "--work", str(work), "--block", str(block),
+         "--workers", str(workers), "--seeds", seeds], f"{mode} run", env=env)
+
+
+def run_child(command: list[str], what: str, env: dict[str, str] | None = None
+              ) -> dict[str, Any]:
+    """Run a benchmark child; its last stdout line (JSON) plus ``tree_peak_mb``, the peak
+    resident set of the child and all its descendants sampled every 20 ms."""
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, script, "--child", mode, "--work", str(work), "--block",
-             str(block), "--workers", str(workers), "--seeds", seeds],
-            stdout=stdout, stderr=stderr, text=True, env=env,
-        )
+        child = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env=env)
         tree_peak = 0.0
         while child.poll() is None:
             tree_peak = max(tree_peak, tree_rss_mb(child.pid))
@@ -160,7 +165,7 @@ def measure(script: str, work: Path, mode: str, block: int, workers: int, seeds:
         stdout.seek(0)
         stderr.seek(0)
         if child.returncode != 0:
-            raise RuntimeError(f"{mode} run failed:\n{stderr.read()}")
+            raise RuntimeError(f"{what} failed:\n{stderr.read()}")
         row = json.loads(stdout.read().strip().splitlines()[-1])
     return {**row, "tree_peak_mb": tree_peak}
 
