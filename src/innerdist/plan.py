@@ -108,13 +108,7 @@ class Plan:
                 + rounds * self.block_seconds)
 
     def __str__(self) -> str:
-        memory = (
-            "host memory not measurable here"
-            if self.block_memory_bytes is None
-            else f"{_size(self.block_memory_bytes)} host memory"
-        )
-        if self.device_memory_bytes is not None:
-            memory += f", {_size(self.device_memory_bytes)} GPU memory"
+        memory = _memory_text(self.block_memory_bytes, self.device_memory_bytes)
         lines = [
             f"{self.job}: plan (nothing was written)",
             f"  blocks               {self.blocks} of {self.block_shape} voxels",
@@ -166,13 +160,7 @@ class TrainingPlan:
         return self.iterations_to_run * self.iteration_seconds
 
     def __str__(self) -> str:
-        memory = (
-            "host memory not measurable here"
-            if self.host_memory_bytes is None
-            else f"{_size(self.host_memory_bytes)} host memory"
-        )
-        if self.device_memory_bytes is not None:
-            memory += f", {_size(self.device_memory_bytes)} GPU memory"
+        memory = _memory_text(self.host_memory_bytes, self.device_memory_bytes)
         rest = max(0, self.iterations - self.start)
         if self.budget_seconds is None:
             when = (f"{rest} iteration(s) to go take about "
@@ -195,6 +183,14 @@ class TrainingPlan:
             f" ({self.checkpoints_kept} x {_size(self.checkpoint_bytes)})",
             "  note                 validation and loader workers are not in the estimate",
         ])
+
+
+def _memory_text(host: int | None, device: int | None) -> str:
+    """The measured memory as the plans print it."""
+    text = "host memory not measurable here" if host is None else f"{_size(host)} host memory"
+    if device is not None:
+        text += f", {_size(device)} GPU memory"
+    return text
 
 
 def _size(n: int) -> str:
