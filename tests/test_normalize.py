@@ -144,6 +144,64 @@ def test_large_volumes_are_sampled_not_read_whole(tmp_path: Path) -> None:
         sample_intensities(array, Roi((0, 0), (4000, 4)))
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16"])
+def test_small_integer_raw_maps_as_the_float64_formula_does(dtype: str) -> None:
+    # 8- and 16-bit blocks go through a table of every value; it must give the same
+    # float32 as the arithmetic path, for every value the dtype holds (both ends too),
+    # whatever the strides of the block.
+    info = np.iinfo(dtype)
+    every = np.arange(info.min, info.max + 1).astype(dtype)
+    block = np.concatenate([every, every[::-1]]).reshape(2, -1)
+    for lo, hi in ((0.0, 255.0), (-3.25, 1000.5), (float(info.min) - 1, float(info.max))):
+        expected = ((block.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+        out = normalize_raw(block, {"min": lo, "max": hi})
+        assert out.dtype == np.float32 and out.shape == block.shape
+        np.testing.assert_array_equal(out, expected)
+        view = block[:, ::-3]  # not contiguous, still larger than the table for 8 bits
+        np.testing.assert_array_equal(normalize_raw(view, {"min": lo, "max": hi}),
+                                      expected[:, ::-3])
+    small = block[:, :7].copy()  # below the table's size: the arithmetic path
+    np.testing.assert_array_equal(normalize_raw(small, {"min": 0, "max": 255}),
+                                  ((small.astype(np.float64)) / 255).astype(np.float32))
+
+
+def test_a_sample_of_whole_chunks_reads_chunks_of_the_array(tmp_path: Path) -> None:
+    from innerdist.normalize import MIN_CHUNKS, _chunk_boxes
+
+    # Chunks of 16 x 32 voxels, a world origin off zero, anisotropic voxels.
+    voxel, origin = Coordinate((4, 8)), Coordinate((12, 40))
+    roi = Roi(origin, Coordinate((100, 130)) * voxel)
+    array = create_volume(str(tmp_path / "c.zarr" / "raw"), roi=roi, voxel_size=voxel,
+                          dtype=np.uint16, chunk_shape=(16, 32))
+    data = np.arange(100 * 130, dtype=np.uint16).reshape(100, 130)
+    array[roi] = data
+    array = open_volume(str(tmp_path / "c.zarr" / "raw"))
+    region = Roi(origin + voxel * Coordinate((5, 7)), voxel * Coordinate((80, 100)))
+    chunk = Coordinate((16, 32)) * voxel
+    boxes = _chunk_boxes(array, region, 2000, np.random.default_rng(0))
+    assert len(boxes) >= MIN_CHUNKS
+    assert len({(b.begin, b.shape) for b in boxes}) == len(boxes)  # no chunk twice
+    for box in boxes:
+        assert region.contains(box)
+        # Inside one chunk of the array's grid, and the whole of that chunk inside region.
+        first = (box.begin - origin) // chunk
+        last = (box.end - origin - Coordinate((1, 1))) // chunk
+        assert first == last
+        whole = Roi(origin + first * chunk, chunk).intersect(region)
+        assert box == whole
+    sample = sample_intensities(array, region, max_voxels=2000, whole_chunks=True)
+    assert sample.size == sum(int(np.prod(b.shape / voxel)) for b in boxes)
+    inside = data[5:85, 7:107]
+    assert np.isin(sample, inside).all()
+    # A region within the budget is read whole; the same seed gives the same sample.
+    assert _chunk_boxes(array, region, 8000, np.random.default_rng(0)) == [region]
+    np.testing.assert_array_equal(
+        sample, sample_intensities(array, region, max_voxels=2000, whole_chunks=True))
+    # Never more than 8x the budget, even when MIN_CHUNKS would take more.
+    few = _chunk_boxes(array, region, 512, np.random.default_rng(0))
+    assert sum(int(np.prod(b.shape / voxel)) for b in few) <= 8 * 512 + 512
+
+
 def test_8_bit_values_in_uint16_give_the_same_input_as_uint8(tmp_path: Path) -> None:
     """The trap of the issue: dtype-range normalisation made such data 0..0.0039."""
     rng = np.random.default_rng(2)

@@ -57,6 +57,9 @@ __all__ = [
 DEFAULT_PERCENTILES = (1.0, 99.8)
 #: At most this many voxels are read to measure the intensity range.
 SAMPLE_VOXELS = 2**22
+#: A sample of whole chunks (``sample_intensities(..., whole_chunks=True)``) has at least
+#: this many, within 8x its voxel budget.
+MIN_CHUNKS = 8
 #: Below this fraction of an integer dtype's range in use, a warning is issued.
 TINY_RANGE = 1 / 100
 _METHODS = ("given", "percentiles", "dtype")
@@ -191,8 +194,22 @@ def normalize_raw(
                 f"{raw.shape}; fix or mask the raw data"
             )
     lo, hi = norm["min"], norm["max"]
+    if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.size >= 2 ** (
+        8 * raw.dtype.itemsize
+    ):
+        # 8- and 16-bit raw: every value the dtype can hold mapped once, then looked up by
+        # bit pattern (the same numbers as below, 5-10x faster on a large block).
+        return _table(raw.dtype, lo, hi)[raw.view(f"u{raw.dtype.itemsize}")]
     # Computed in float64 and rounded once, so integer raw maps exactly (0 -> 0, max -> 1).
     return ((raw.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _table(dtype: np.dtype[Any], lo: float, hi: float) -> np.ndarray:
+    """The normalised value of every bit pattern of a 1- or 2-byte integer ``dtype``,
+    indexed by the pattern read as unsigned (so ``table[raw.view(unsigned)]``)."""
+    patterns = np.arange(2 ** (8 * dtype.itemsize), dtype=f"u{dtype.itemsize}")
+    values = patterns.view(dtype).astype(np.float64)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
 
 
 # --- measuring the data's range ---------------------------------------------------------
@@ -221,11 +238,19 @@ def _sample_boxes(
 
 
 def sample_intensities(
-    array: Array, roi: Roi | None = None, *, max_voxels: int = SAMPLE_VOXELS, seed: int = 0
+    array: Array, roi: Roi | None = None, *, max_voxels: int = SAMPLE_VOXELS, seed: int = 0,
+    whole_chunks: bool = False,
 ) -> np.ndarray:
     """A flat sample of the intensities of ``array`` within ``roi`` (world units; default
-    the whole array), all channels; at most about ``max_voxels`` per channel."""
-    import dask
+    the whole array), all channels; at most about ``max_voxels`` per channel.
+
+    ``whole_chunks``: the boxes are chunks of the array (clipped to ``roi``) picked at
+    random (:func:`_chunk_boxes`), each read from one chunk: a quick look at the data (a
+    range check before a prediction) that costs a few chunk reads, where boxes off the
+    chunk grid read up to ``2**dims`` chunks each. Measuring a normalisation keeps the
+    default boxes, so that checkpoints measure what they always measured.
+    """
+    from innerdist.volumes import read
 
     if isinstance(max_voxels, bool) or not isinstance(max_voxels, numbers.Integral) or (
         max_voxels < 1
@@ -236,12 +261,41 @@ def sample_intensities(
     if not array.roi.contains(region):
         raise ValueError(f"roi {region} is not inside the array's ROI {array.roi}")
     rng = np.random.default_rng(seed)
-    parts = []
-    # In this thread: a few boxes, which a dask thread pool would only hand around.
-    with dask.config.set(scheduler="synchronous"):
-        for box in _sample_boxes(region, voxel, int(max_voxels), rng):
-            parts.append(np.asarray(array[box]).ravel())
-    return np.concatenate(parts)
+    if whole_chunks:
+        boxes = _chunk_boxes(array, region, int(max_voxels), rng)
+    else:
+        boxes = _sample_boxes(region, voxel, int(max_voxels), rng)
+    return np.concatenate([read(array, box).ravel() for box in boxes])
+
+
+def _chunk_boxes(array: Array, roi: Roi, max_voxels: int, rng: np.random.Generator
+                 ) -> list[Roi]:
+    """Chunks of ``array`` (their parts inside ``roi``, world units) at random until they
+    hold ``max_voxels`` voxels and are at least :data:`MIN_CHUNKS` (a chunk or two can miss
+    what the data holds), but never more than ``8 * max_voxels``; all of ``roi`` when it
+    is no larger than ``max_voxels``."""
+    voxel = Coordinate(array.voxel_size)
+    if math.prod(roi.shape / voxel) <= max_voxels:
+        return [roi]
+    stored = getattr(array._source_data, "chunks", None)  # zarr, N5, tiff (funlib's
+    # chunk_shape is dask's, which can be the whole array)
+    chunk = Coordinate(stored[-voxel.dims:] if stored else array.chunk_shape[-voxel.dims:]
+                       ) * voxel  # world units
+    one = Coordinate((1,) * voxel.dims)
+    # Chunks are counted from the array's first voxel; those that overlap roi:
+    first = (roi.begin - array.roi.begin) // chunk
+    counts = (roi.end - array.roi.begin - one) // chunk - first + one
+    order = rng.permutation(math.prod(counts))
+    boxes: list[Roi] = []
+    voxels = 0
+    for flat in order:
+        index = Coordinate(int(i) for i in np.unravel_index(int(flat), tuple(counts)))
+        box = Roi(array.roi.begin + (first + index) * chunk, chunk).intersect(roi)
+        boxes.append(box)
+        voxels += math.prod(box.shape / voxel)
+        if (voxels >= max_voxels and len(boxes) >= MIN_CHUNKS) or voxels >= 8 * max_voxels:
+            break
+    return boxes
 
 
 def measure_normalization(
