@@ -662,6 +662,12 @@ class _BlockPredictor:
         return normalize_raw(data, self.normalization, where=where)
 
     def __call__(self, read_roi: Roi, write_roi: Roi) -> None:
+        from innerdist.volumes import zarr_batches
+
+        with zarr_batches():
+            self._predict(write_roi)
+
+    def _predict(self, write_roi: Roi) -> None:
         runner, raw, out = self._setup()
         write = write_roi.intersect(self.out_roi)
         if write.empty:
@@ -1085,8 +1091,9 @@ def predict_volume(
         )
     from innerdist.normalize import range_mismatch, sample_intensities
 
-    mismatch = range_mismatch(sample_intensities(raw_array, max_voxels=2**18),
-                              ckpt.normalization)
+    mismatch = range_mismatch(
+        sample_intensities(raw_array, max_voxels=2**18, whole_chunks=True),
+        ckpt.normalization)
     if mismatch is not None:
         logger.warning("raw %s: %s; check that it is the kind of data the network was "
                        "trained on", raw, mismatch)
