@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 from funlib.geometry import Roi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,12 @@ from innerdist.checkpoint import random_checkpoint, save_checkpoint  # noqa: E40
 from innerdist.inner_distance import InnerDistancePredictor  # noqa: E402
 from innerdist.predict import predict_volume  # noqa: E402
 from innerdist.segment import segment_volume  # noqa: E402
-from innerdist.volumes import create_volume, mark_complete, open_volume  # noqa: E402
+from innerdist.volumes import (  # noqa: E402
+    create_volume,
+    mark_complete,
+    open_volume,
+    zarr_array_path,
+)
 
 TEMPLATE = "{command}"
 
@@ -82,6 +88,19 @@ def timed_both(fn: Any) -> tuple[float, float]:
     cpu, start = cpu_seconds(), time.perf_counter()
     fn()
     return time.perf_counter() - start, cpu_seconds() - cpu
+
+
+def in_memory_with_io(net: Any, raw: str, out: str, chunks: tuple[int, ...]) -> None:
+    """What a user's script does without blocks: the raw read whole from its file,
+    normalised, one :func:`predict_array` pass, the result written whole to a zarr array
+    with ``chunks`` (those of the blockwise output). The reference of the 5 % goal."""
+    from innerdist.predict import normalize_raw, predict_array
+
+    data = np.asarray(zarr.open_array(zarr_array_path(open_volume(raw)), mode="r")[...])
+    prediction = predict_array(net, normalize_raw(data, NORMALIZATION), device="cpu")
+    array = zarr.create_array(out, shape=prediction.shape, chunks=chunks,
+                              dtype=prediction.dtype, overwrite=True)
+    array[...] = prediction
 
 
 def _seconds(text: str) -> float:
@@ -121,7 +140,8 @@ def planner(args: argparse.Namespace) -> None:
             net = ckpt.build_model()
             norm = normalize_raw(data, NORMALIZATION)
             one_tile = _Tiling(unet).max_tile
-            times: dict[str, list[float]] = {"memory": [], "planned": [], "one-tile": []}
+            times: dict[str, list[float]] = {"memory": [], "memory+io": [], "planned": [],
+                                             "one-tile": []}
             cpu: dict[str, list[float]] = {k: [] for k in times}
 
             def record(label: str, both: tuple[float, float], times: dict[str, list[float]]
@@ -130,8 +150,6 @@ def planner(args: argparse.Namespace) -> None:
                 cpu[label].append(both[1])
 
             for r in range(args.repeats):
-                record("memory", timed_both(
-                    lambda net=net, norm=norm: predict_array(net, norm, device="cpu")))
                 for label, block in (("planned", None), ("one-tile", one_tile)):
                     out = str(work / f"{key}.zarr/{label}{r}")
                     record(label, timed_both(
@@ -140,22 +158,31 @@ def planner(args: argparse.Namespace) -> None:
                         progress=False, pyramid=False)))
                     if block is None:
                         preds[key] = out
+                record("memory", timed_both(
+                    lambda net=net, norm=norm: predict_array(net, norm, device="cpu")))
+                chunks = zarr.open_array(zarr_array_path(open_volume(preds[key])),
+                                         mode="r").chunks
+                record("memory+io", timed_both(
+                    lambda net=net, raw=raw, chunks=chunks, r=r, key=key: in_memory_with_io(
+                        net, raw, str(work / f"{key}.zarr/memory{r}"), chunks)))
             estimate = _seconds(predict_volume(model, raw, str(work / f"{key}.zarr/dry"),
                                                device="cpu", dry_run=True, progress=False))
             best = {k: min(v) for k, v in times.items()}
             best_cpu = {k: min(v) for k, v in cpu.items()}
             planned_block = open_volume(preds[key]).attrs["innerdist_job"]["block_shape"]
-            for label in ("memory", "planned", "one-tile"):
+            for label in ("memory", "memory+io", "planned", "one-tile"):
                 rows.append({
                     "case": f"predict {name}", "run": {
-                        "memory": "one in-memory pass (predict_array)",
+                        "memory": "in memory, network only (predict_array)",
+                        "memory+io": "in memory with the file: read, normalise, "
+                                     "predict_array, write (reference)",
                         "planned": f"blockwise, planned blocks {tuple(planned_block)}",
                         "one-tile": f"blockwise, one-tile blocks {one_tile}",
                     }[label],
                     "seconds": best[label], "all_seconds": times[label],
-                    "ratio": best[label] / best["memory"],
+                    "ratio": best[label] / best["memory+io"],
                     "cpu_seconds": best_cpu[label], "all_cpu_seconds": cpu[label],
-                    "cpu_ratio": best_cpu[label] / best_cpu["memory"],
+                    "cpu_ratio": best_cpu[label] / best_cpu["memory+io"],
                 })
             rows.append({"case": f"predict {name}", "run": "dry-run estimate (planned)",
                          "seconds": estimate, "ratio": estimate / best["planned"]})
@@ -192,8 +219,8 @@ def planner(args: argparse.Namespace) -> None:
         cpu_r = f"{r['cpu_ratio']:.3f}" if "cpu_ratio" in r else ""
         print(f"| {r['case']} | {r['run']} | {r['seconds']:.2f} | {r['ratio']:.3f} | "
               f"{cpu_s} | {cpu_r} |")
-    print("ratio: predict rows against the in-memory pass, segment rows against 1 worker, "
-          "estimates against the run they estimate")
+    print("ratio: predict rows against the in-memory pass with its file I/O, segment rows "
+          "against 1 worker, estimates against the run they estimate")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "machine": platform.node(), "cores": os.cpu_count(), "repeats": args.repeats,
