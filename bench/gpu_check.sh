@@ -10,7 +10,8 @@
 #    bf16, one worker per visible GPU) and on the CPU, and reports the maximum differences;
 # 3. segments the CUDA prediction;
 # 4. prints a table: voxels/s of `predict` next to the raw model forward throughput on the
-#    same device (the network alone, on device-resident batches of the predict tile).
+#    same device (the network alone, on device-resident batches of the model's eval tile
+#    and of the larger tile predict plans for the GPU's free memory).
 #
 # Writes bench/results/gpu_check.json (or $GPU_CHECK_OUT). Exits 2 without a CUDA GPU
 # (unless --smoke).
@@ -19,9 +20,11 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PYTHON" - "$@" <<'PY'
+import itertools
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -32,10 +35,11 @@ import torch
 import yaml
 import zarr
 
-from innerdist.predict import _Runner, predict_volume
+from innerdist.predict import _device_tiling, _Runner, _Tiling, predict_volume
 from innerdist.segment import segment_volume
 from innerdist.synthetic import make_demo_dataset, make_em_volume, write_volume
 from innerdist.train import train
+from innerdist.volumes import OUTPUT_LEVEL
 
 smoke = "--smoke" in sys.argv[1:]
 if not smoke and not torch.cuda.is_available():
@@ -112,7 +116,7 @@ for name, device, precision in [
     _, seconds = timed(f"predict {name} ({n} worker(s))", lambda: predict_volume(
         checkpoint, raw, out, device=device, precision=precision, num_workers=n,
         progress=False))
-    predictions[name] = zarr.open_array(out, mode="r")[:]
+    predictions[name] = zarr.open_array(f"{out}/{OUTPUT_LEVEL}", mode="r")[:]
     rows.append({"what": f"predict {name}", "device": device, "workers": n,
                  "seconds": seconds, "voxels_per_s": voxels / seconds})
 reference = predictions["cuda fp32"]
@@ -125,9 +129,18 @@ from innerdist.checkpoint import load_checkpoint
 ckpt = load_checkpoint(checkpoint)
 forward_cases = [(gpu, "fp32"), ("cpu", "fp32")] if smoke else [
     ("cuda", "fp32"), ("cuda", "fp16"), ("cuda", "bf16"), ("cpu", "fp32")]
-for device, precision in dict.fromkeys(forward_cases):
+tiles = {"eval": None}
+if gpu == "cuda":  # the tile predict plans for this GPU (predict._device_tiling)
+    tiles["planned"] = _device_tiling(
+        ckpt.build_model(), _Tiling(ckpt.architecture), (side,) * 3, batch_size=1,
+        device=torch.device("cuda"), precision="fp32").max_tile
+    facts["planned_tile"] = list(tiles["planned"])
+for (device, precision), (tile_name, tile_shape) in itertools.product(
+        dict.fromkeys(forward_cases), tiles.items()):
+    if device == "cpu" and tile_name != "eval":
+        continue
     runner = _Runner(ckpt.build_model().to(device).eval(), torch.device(device),
-                     precision=precision)
+                     precision=precision, tile_shape=tile_shape)
     tile = runner.tiling.max_tile
     x = torch.rand((1, 1, *runner.tiling.input_shape(tile)), device=device)
     autocast = torch.autocast(device, dtype=torch.float16 if precision == "fp16"
@@ -141,7 +154,8 @@ for device, precision in dict.fromkeys(forward_cases):
                 runner.model(x)
 
         _, seconds = timed(f"forward {device} {precision} x{repeats}", forwards)
-    rows.append({"what": f"forward {device} {precision}", "device": device, "workers": 1,
+    rows.append({"what": f"forward {device} {precision} {tile_name} tile {tile}",
+                 "device": device, "workers": 1,
                  "seconds": seconds, "voxels_per_s": repeats * int(np.prod(tile)) / seconds})
 
 # --- 3. segment the CUDA prediction ---
@@ -149,7 +163,7 @@ print("3. segmentation", flush=True)
 seg_out = str(work / "seg.zarr/instances")
 _, seconds = timed("segment", lambda: segment_volume(
     str(work / "pred.zarr/cuda_fp32"), seg_out, num_workers=2, progress=False))
-objects = int(zarr.open_array(seg_out, mode="r")[:].max())
+objects = len(np.unique(zarr.open_array(f"{seg_out}/{OUTPUT_LEVEL}", mode="r")[:])) - 1
 rows.append({"what": "segment", "device": "cpu", "workers": 2, "seconds": seconds,
              "voxels_per_s": voxels / seconds})
 facts["segment_objects"] = objects
@@ -157,10 +171,10 @@ facts["segment_objects"] = objects
 # --- 4. the table ---
 print()
 print(f"{facts['device']}, {facts['gpus_visible']} GPU(s) visible, volume {side}^3")
-print(f"| {'what':<18} | {'device':<6} | workers | {'s':>7} | {'Mvoxel/s':>9} |")
-print(f"|{'-' * 20}|{'-' * 8}|---------|{'-' * 9}|{'-' * 11}|")
+print(f"| {'what':<44} | {'device':<6} | workers | {'s':>7} | {'Mvoxel/s':>9} |")
+print(f"|{'-' * 46}|{'-' * 8}|---------|{'-' * 9}|{'-' * 11}|")
 for r in rows:
-    print(f"| {r['what']:<18} | {r['device']:<6} | {r['workers']:>7} | {r['seconds']:>7.2f} | "
+    print(f"| {r['what']:<44} | {r['device']:<6} | {r['workers']:>7} | {r['seconds']:>7.2f} | "
           f"{r['voxels_per_s'] / 1e6:>9.2f} |")
 print()
 for key, value in facts.items():
@@ -171,4 +185,5 @@ print(f"segment: {objects} objects")
 out_json.parent.mkdir(parents=True, exist_ok=True)
 out_json.write_text(json.dumps({"facts": facts, "rows": rows}, indent=2) + "\n")
 print(f"wrote {out_json}")
+shutil.rmtree(work, ignore_errors=True)
 PY

@@ -215,6 +215,41 @@ def test_predict_array_does_not_depend_on_tiles_or_batches() -> None:
         )
 
 
+def test_a_gpu_with_memory_to_spare_gets_larger_tiles_that_predict_the_same() -> None:
+    import torch
+
+    from innerdist.plan import GPU_MEMORY_FRACTION, choose_tile
+    from innerdist.predict import _device_tiling, _Tiling
+
+    unet = unet_2d()
+    model = random_checkpoint(unet, predictor(), (4, 4), NORM, seed=4).build_model()
+    base = _Tiling(unet)
+    inputs = int(np.prod(base.input_shape(base.max_tile)))
+    cpu = torch.device("cpu")
+    assert _device_tiling(model, base, (60, 70), batch_size=1, device=cpu,
+                          precision="fp32") is base  # no GPU: the eval tile
+    # A pass of the eval tile takes 100 bytes per input voxel; 40x that much is free.
+    grown = _device_tiling(model, base, (60, 70), batch_size=1, device=cpu, precision="fp32",
+                           memory=lambda: (100 * inputs, 40 * 100 * inputs))
+    expected = choose_tile(base.max_tile, step=base.step, margin=base.margin, extent=(60, 70),
+                           bytes_per_input_voxel=100.0,
+                           budget_bytes=int(GPU_MEMORY_FRACTION * 40 * 100 * inputs))
+    assert grown.max_tile == expected
+    assert all(g > b for g, b in zip(grown.max_tile, base.max_tile, strict=True))
+    assert all(t % s == 0 for t, s in zip(grown.max_tile, base.step, strict=True))
+    # A batch of 4 tiles per pass leaves room for smaller ones only.
+    batched = _device_tiling(model, base, (60, 70), batch_size=4, device=cpu,
+                             precision="fp32", memory=lambda: (100 * inputs, 40 * 100 * inputs))
+    assert np.prod(batched.max_tile) < np.prod(grown.max_tile)
+    # No room at all: never below the eval tile.
+    tight = _device_tiling(model, base, (60, 70), batch_size=1, device=cpu, precision="fp32",
+                           memory=lambda: (100 * inputs, 10 * inputs))
+    assert tight.max_tile == base.max_tile
+    raw = np.random.default_rng(3).random((60, 70), dtype=np.float32)
+    np.testing.assert_allclose(predict_array(model, raw, tile_shape=grown.max_tile),
+                               predict_array(model, raw), atol=1e-5)
+
+
 def test_same_padding_margin_hides_the_zero_padding() -> None:
     # With a margin as wide as the receptive field, a same-padded U-Net never lets its
     # zero padding reach a written voxel, so it predicts exactly what the valid U-Net with
@@ -751,3 +786,21 @@ def test_cli_predict_tta_and_no_resume_across_modes(volume_2d: dict[str, Any]) -
     assert open_volume(volume_2d["out"]).attrs["innerdist_tta"] == 4
     again = CliRunner().invoke(app, args)  # a plain prediction does not reuse a TTA one
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_rehearses_on_the_cpu(tmp_path: Path) -> None:
+    # bench/gpu_check.sh runs where a GPU is lent, once, with no time to debug it there:
+    # its --smoke run goes through every step (train + resume, predict, forward, segment).
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "gpu_check.json"
+    env = dict(os.environ, GPU_CHECK_OUT=str(out), PYTHON=sys.executable)
+    done = subprocess.run(["bash", str(root / "bench" / "gpu_check.sh"), "--smoke"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {r["what"] for r in result["rows"]} >= {"predict cpu fp32", "segment"}
+    assert result["facts"]["max_abs_diff cpu fp32 vs cuda fp32"] == 0  # both on the CPU
+    assert result["facts"]["segment_objects"] > 0

@@ -54,6 +54,7 @@ __all__ = [
     "TrainingPlan",
     "assumed_startup_seconds",
     "choose_block_shape",
+    "choose_tile",
     "choose_workers",
     "chunk_shape_for",
     "measure_block",
@@ -74,6 +75,11 @@ RAM_FRACTION = 0.25
 #: Largest planned block, voxels (256^3, 4096^2): a killed job loses at most one block per
 #: worker, and progress moves.
 MAX_BLOCK_VOXELS = 2**24
+#: Largest forward-pass tile the planner grows on a GPU, output voxels (256^3).
+MAX_TILE_VOXELS = 2**24
+#: Share of a GPU's free memory that one forward pass (a batch of tiles) may take when the
+#: planner grows the tile; the rest is for the allocator's slack and other processes.
+GPU_MEMORY_FRACTION = 0.5
 #: Largest planned output chunk, voxels (128^3).
 MAX_CHUNK_VOXELS = 2**21
 #: Blocks per worker the planner aims for with several workers (the last round idles less).
@@ -397,6 +403,55 @@ def choose_block_shape(
                 break
         else:
             return tuple(block)
+
+
+def choose_tile(
+    base: Sequence[int],
+    *,
+    step: Sequence[int],
+    margin: Sequence[int],
+    extent: Sequence[int],
+    bytes_per_input_voxel: float,
+    budget_bytes: int,
+    max_voxels: int = MAX_TILE_VOXELS,
+) -> tuple[int, ...]:
+    """The forward-pass tile (output voxels) for a device with ``budget_bytes`` to give a
+    pass whose input (tile plus ``margin`` on each side) costs ``bytes_per_input_voxel``
+    (measured on the ``base`` tile, the model's eval shape).
+
+    A larger tile recomputes less context (the margins of neighbouring tiles overlap) and
+    keeps a GPU busier; predictions do not depend on it. Starting from ``base``, the
+    shortest axis grows by one ``step`` while the input fits the budget, the tile has at
+    most ``max_voxels`` voxels, and it does not pass ``extent`` (rounded up to the step).
+    Never smaller than ``base``.
+
+    >>> choose_tile((64, 64, 64), step=(8, 8, 8), margin=(16, 16, 16), extent=(512,) * 3,
+    ...             bytes_per_input_voxel=1000.0, budget_bytes=2 * 10**9)
+    (88, 96, 96)
+    >>> choose_tile((64, 64, 64), step=(8, 8, 8), margin=(16, 16, 16), extent=(48, 512, 512),
+    ...             bytes_per_input_voxel=1000.0, budget_bytes=2 * 10**9)
+    (64, 112, 112)
+    >>> choose_tile((120, 120), step=(4, 4), margin=(20, 20), extent=(2048, 2048),
+    ...             bytes_per_input_voxel=1000.0, budget_bytes=10**6)   # too little: base
+    (120, 120)
+    """
+    tile = [int(b) for b in base]
+    limit = [max(b, math.ceil(e / s) * s) for b, e, s in zip(tile, extent, step, strict=True)]
+
+    def fits(candidate: list[int]) -> bool:
+        inputs = math.prod(c + 2 * m for c, m in zip(candidate, margin, strict=True))
+        return inputs * bytes_per_input_voxel <= budget_bytes \
+            and math.prod(candidate) <= max_voxels
+
+    while True:
+        for axis in sorted(range(len(tile)), key=lambda a: (tile[a], -a)):
+            grown = list(tile)
+            grown[axis] += step[axis]
+            if grown[axis] <= limit[axis] and fits(grown):
+                tile = grown
+                break
+        else:
+            return tuple(tile)
 
 
 def chunk_shape_for(block: Sequence[int], tile: Sequence[int],

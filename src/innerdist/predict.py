@@ -854,6 +854,61 @@ def _planned_block_shape(
     )
 
 
+def _gpu_memory(model: Model, tiling: _Tiling, device: torch.device, precision: str
+                ) -> tuple[int, int]:
+    """Peak GPU memory of one forward pass of the eval tile beyond the weights, and the
+    device's free memory once that pass is gone, bytes. On a copy of the model, so the
+    model that travels to workers stays on the CPU."""
+    import copy
+
+    import torch
+
+    probe = copy.deepcopy(model).to(device).eval()
+    runner = _Runner(probe, device, tile_shape=tiling.max_tile, precision=precision)
+    batch = np.zeros((1, model.num_in_channels, *tiling.input_shape(tiling.max_tile)),
+                     np.float32)
+    torch.cuda.synchronize(device)
+    weights = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    runner.forward(batch)
+    torch.cuda.synchronize(device)
+    peak = int(torch.cuda.max_memory_allocated(device)) - weights
+    del probe, runner
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info(device)
+    return peak, int(free)
+
+
+def _device_tiling(
+    model: Model, tiling: _Tiling, shape: Sequence[int], *, batch_size: int,
+    device: torch.device, precision: str,
+    memory: Callable[[], tuple[int, int]] | None = None,
+) -> _Tiling:
+    """On a GPU, the tiling with the tile grown to the device's memory
+    (:func:`innerdist.plan.choose_tile`): the eval tile's measured forward-pass memory per
+    input voxel, times ``batch_size``, within :data:`~innerdist.plan.GPU_MEMORY_FRACTION`
+    of the free memory. Elsewhere ``tiling`` as it is. ``memory()`` returns ``(peak, free)``
+    bytes (default: :func:`_gpu_memory` on ``device``)."""
+    from innerdist.plan import GPU_MEMORY_FRACTION, choose_tile
+
+    if memory is None:
+        if device.type != "cuda":
+            return tiling
+        peak, free = _gpu_memory(model, tiling, device, precision)
+    else:
+        peak, free = memory()
+    inputs = math.prod(tiling.input_shape(tiling.max_tile))
+    tile = choose_tile(
+        tiling.max_tile, step=tiling.step, margin=tiling.margin, extent=shape,
+        bytes_per_input_voxel=batch_size * max(1, peak) / inputs,
+        budget_bytes=int(GPU_MEMORY_FRACTION * free),
+    )
+    if tile != tiling.max_tile:
+        logger.info("predict: tiles of %s output voxels per forward pass (eval shape %s), "
+                    "to fit %.1f GiB free on %s", tile, tiling.max_tile, free / 2**30, device)
+    return _Tiling(tiling.unet, tile)
+
+
 def _tile_seconds(model: Model, tiling: _Tiling, tile: Sequence[int],
                   device: torch.device, threads: int | None = None) -> float:
     """Seconds of one forward pass of a ``tile`` (the second of two: the first warms up),
@@ -1114,9 +1169,12 @@ def predict_volume(
             )
 
     model = ckpt.build_model()  # fails on weights that do not fit, before any output exists
-    tiling = _Tiling(unet)
-    step = tiling.step
     shape = tuple(int(s) for s in roi.shape / voxel)
+    tiling = _Tiling(unet)
+    if worker_command is None:  # cluster workers' GPUs may have less memory than this one
+        tiling = _device_tiling(model, tiling, shape, batch_size=batch_size,
+                                device=resolved_device, precision=precision)
+    step = tiling.step
     transforms = tta_transforms(voxel) if tta else None
     out_channels = ckpt.predictor.embedding_dims
     from innerdist.plan import chunk_shape_for
