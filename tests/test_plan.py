@@ -117,7 +117,11 @@ def test_dry_run_checks_the_input_like_a_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["instances", "threshold"])
-def test_segment_dry_run_writes_nothing(tmp_path: Path, mode: str) -> None:
+def test_segment_dry_run_writes_nothing(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tempfile
+
     from test_segment import scene_2d, write_prediction
 
     from innerdist.cli import app
@@ -126,27 +130,42 @@ def test_segment_dry_run_writes_nothing(tmp_path: Path, mode: str) -> None:
     pred = write_prediction(tmp_path / "in.zarr" / "pred",
                             scene_2d()[np.newaxis].astype(np.float32))  # 40 x 40
     out = tmp_path / "out.zarr" / "seg"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the sample runs
     text = segment_volume(pred, out, mode=mode, block_shape=(16, 16), num_workers=1,
                           dry_run=True, progress=False)
     assert not out.exists() and not (tmp_path / "out.zarr").exists()
+    assert list(temp.iterdir()) == []  # the sample's folder is gone
     lines = text.splitlines()
     assert lines[0] == "segment: plan (nothing was written)"
     assert lines[1] == "  blocks               9 of (16, 16) voxels"  # 3 x 3, edges shrunk
+    # The sample: 2 x 2 whole blocks from the middle (the grid's first two here).
+    assert lines[2].endswith("(measured on a sample of 4 block(s), (32, 32) voxels, through "
+                             "every step)")
+    assert lines[5].startswith("  steps                ")
+    steps = [step.rsplit(" ", 2)[0] for step in lines[5].split(None, 1)[1].split(", ")]
     if mode == "threshold":
         assert lines[3] == f"  output on disk       <= {_size(40 * 40)} (uint8, 1 channel(s), " \
             "uncompressed)"
-        assert len(lines) == 5
+        assert steps == ["create", "threshold", "pyramid", "finish"]
     else:
         assert lines[3] == f"  output on disk       <= {_size(4 * 40 * 40 * 8)} (uint64, 1 " \
             "channel(s), with 3 intermediates while it runs, uncompressed)"
-        assert lines[5].startswith("  note                 per block = the fragments and faces")
-    assert "with 1 worker(s) (worker start-up 0 s)" in lines[4]
+        assert steps == ["create", "fragments", "faces", "merge", "grow", "finalize", "write",
+                         "clean-up", "pyramid", "finish"]
+    assert len(lines) == 6  # no note: the sample's objects are all far below the flood limit
+    assert "with 1 worker(s) (worker start-up 0 s" in lines[4]
+    no_pyramid = segment_volume(pred, out, mode=mode, block_shape=(16, 16), dry_run=True,
+                                progress=False, pyramid=False)
+    assert "pyramid" not in no_pyramid.splitlines()[5]
 
     result = CliRunner().invoke(app, ["segment", pred, str(out), "--mode", mode,
                                       "--block-shape", "16,16", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("segment: plan (nothing was written)\n")
     assert not out.exists()
+    assert list(temp.iterdir()) == []
 
 
 # --- planning blocks and workers ------------------------------------------------------------
