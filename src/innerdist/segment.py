@@ -46,6 +46,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib
 import itertools
 import logging
 import math
@@ -766,6 +767,46 @@ def pass_function(*, job: dict[str, Any], step: str) -> Callable[[Roi, Roi], Non
 
 #: Steps that run block by block through daisy (workers start anew for each).
 _BLOCK_STEPS = ("threshold", "fragments", "faces", "fallback", "write")
+#: What the steps import on first use. The dry run imports them before it times the
+#: sample: once per run, they belong to the set-up, not to the time scaled with voxels.
+#: (skimage loads its submodules lazily: the watershed's own module is named.)
+_STEP_MODULES = ("scipy.ndimage", "scipy.sparse.csgraph", "skimage.segmentation._watershed",
+                 "cc3d", "innerdist.blockwise", "innerdist.progress", "innerdist.pyramid")
+
+
+def _warm_up(job: _Job) -> float:
+    """Pay what the steps pay on first use in a process, and return its seconds: the
+    imports of :data:`_STEP_MODULES`, and the watershed's compiled code (numba, loaded
+    from its cache on the first call), warmed by segmenting two touching bumps with the
+    job's levels. A run pays this once, whatever its size: it must not be scaled."""
+    start = time.perf_counter()
+    for module in _STEP_MODULES:
+        importlib.import_module(module)
+    line = np.array([0.3, 0.7, 0.9, 0.95, 0.7, 0.3, 0.6, 0.9, 0.95, 0.3], np.float32)
+    bumps = line.reshape((1,) * (job.dims - 1) + (-1,))
+    if job.mode == "instances":
+        instances(bumps, foreground_level=job.foreground_level, seed_level=job.seed_level,
+                  seed_dynamic=job.seed_dynamic, scale=job.distance_scale)
+    return time.perf_counter() - start
+
+
+def _pass_nothing(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    """A pass that does nothing: the dry run times what starting a pass's workers costs."""
+
+
+def _pass_startup_seconds(job: _Job, num_workers: int, tracking: Path) -> float:
+    """Seconds a blockwise pass with ``num_workers`` local workers costs beyond its blocks
+    (daisy spawns them, each imports this module and unpickles the job), measured on a
+    pass of empty blocks."""
+    from innerdist.blockwise import run_blockwise
+
+    start = time.perf_counter()
+    run_blockwise(
+        "segment-startup", total_roi=Roi((0,), (num_workers,)), block_shape=Coordinate((1,)),
+        context=Coordinate((0,)), process=partial(_pass_nothing, job),
+        tracking_dir=tracking, num_workers=num_workers, progress=False,
+    )
+    return time.perf_counter() - start
 
 
 def _sample_box(job: _Job) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -806,7 +847,12 @@ def _plan(
     steps = _Steps()
     memory: list[int] = []
     batches: list[int] = []
+    setup_seconds += _warm_up(job)
+    cluster = job.worker_command is not None
     with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
+        # A pass's workers (local ones: cluster workers are not started for a plan).
+        pass_startup = (_pass_startup_seconds(job, num_workers, Path(tmp) / "startup")
+                        if num_workers > 1 and not cluster else 0.0)
         copy_path = Path(tmp) / "in.zarr" / "pred"
         copy = create_volume(copy_path, roi=sample_roi, voxel_size=job.voxel_size,
                              dtype=source.dtype, num_channels=job.channels,
@@ -837,13 +883,19 @@ def _plan(
                  inputs={"prediction": str(copy_path)}, overwrite=False, pyramid=pyramid,
                  num_workers=1, steps=steps, before_finish=measure)
 
-    cluster = job.worker_command is not None
     parallel = num_workers > 1 or cluster
+    # A fresh Python importing what a worker imports: the grow step's pool, and (no better
+    # measure without submitting) a cluster worker.
     startup = (
-        worker_startup_seconds(["numpy", "zarr", "cc3d", "innerdist.segment", "innerdist.workers"])
+        worker_startup_seconds(["numpy", "zarr", "cc3d", "innerdist.segment", "innerdist.workers",
+                                "innerdist.blockwise"])
         if parallel
         else 0.0
     )
+    if not cluster:
+        pass_startup = max(pass_startup, startup)
+    else:
+        pass_startup = startup
     cores = os.cpu_count() or 1
     scale = math.prod(job.shape) / math.prod(sample_shape)
     estimate: dict[str, float] = {}
@@ -855,7 +907,7 @@ def _plan(
             share = max(1, min(num_workers if cluster else min(num_workers, cores),
                                job.num_blocks))
             rounds = math.ceil(job.num_blocks / share)
-            estimate[name] = startup + rounds * whole / job.num_blocks
+            estimate[name] = pass_startup + rounds * whole / job.num_blocks
         elif name == "grow" and num_workers > 1 and batches and batches[0] * scale > 1:
             # Grown by local processes (a pool), on this machine even with a worker command.
             share = max(1, min(num_workers, cores, math.ceil(batches[0] * scale)))
@@ -863,7 +915,7 @@ def _plan(
         elif name == "pyramid" and num_workers > 1:
             # One blockwise run per level, each starting its (local) workers.
             levels = len(level_factors(job.voxel_size, job.shape, job.chunk))
-            estimate[name] = levels * startup + whole / max(1, min(num_workers, cores))
+            estimate[name] = levels * pass_startup + whole / max(1, min(num_workers, cores))
         else:
             estimate[name] = whole
     sample_blocks = math.prod(-(-s // b) for s, b in zip(sample_shape, job.block, strict=True))
@@ -886,7 +938,7 @@ def _plan(
             f"uint8, {job.channels} channel(s)" if threshold else
             f"uint64, {job.channels} channel(s), with 3 intermediates while it runs"
         ) + ", uncompressed",
-        worker_startup_seconds=startup, setup_seconds=setup_seconds,
+        worker_startup_seconds=pass_startup, setup_seconds=setup_seconds,
         steps=tuple(estimate.items()),
         sample=(f"a sample of {sample_blocks} block(s), {sample_shape} voxels, through every "
                 "step"),
