@@ -13,11 +13,14 @@ The estimate is ``set-up + start-up + warm-up + ceil(blocks / N) * per block``: 
 (reading the inputs and the network, as the dry run did), the warm-up (what the sample
 block's first run cost more than its second) and the start-up of a worker (a fresh Python
 importing what a worker imports; only with more than one worker or a worker command) are
-measured too.
+measured too. A job of several steps (``segment``: passes, merge, grow, pyramid) runs all
+of them on a sample of a few blocks and gives ``Plan.steps``, each step's time scaled to
+the whole job with its start-ups; the estimate is then the set-up plus their sum.
 
 This module also *plans* a job before it runs (every job, not only dry runs):
 
-- :func:`choose_block_shape` picks ``predict``'s write blocks when the user gives none:
+- :func:`choose_block_shape` picks the write blocks of ``predict`` (and, with the
+  prediction's chunks as the tile, of ``segment``) when the user gives none:
   whole multiples of the network's forward-pass tile, as large as the memory budget
   (:func:`memory_budget`) and the volume allow, but cut into enough blocks that every
   worker has several. A block is then many tiles that share one read of raw and one

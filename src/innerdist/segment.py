@@ -334,8 +334,13 @@ def segment_volume(
         Smallest object kept, world units (nm^3 in 3-D, nm^2 in 2-D). Default: the
         attrs' ``min_size`` (voxels), else 0.
     block_shape:
-        Write block in voxels (default 64 per axis in 3-D, 512 in 2-D, capped at the
-        volume). Also the chunk shape of the output.
+        Write block in voxels, capped at the volume; also the chunk shape of the output.
+        Default: planned (:func:`innerdist.plan.choose_block_shape`) from the volume, the
+        prediction's chunks (blocks of whole chunks where they allow it), the workers
+        (several blocks each) and the memory budget, with output chunks of at most
+        512^2 / 64^3 voxels; an existing output of the job keeps the blocks it was
+        written with. The objects do not depend on the blocks (except in the fallback
+        below), their ids do.
     num_workers:
         Worker processes (1: everything in this process).
     overwrite:
@@ -361,9 +366,11 @@ def segment_volume(
         ``'srun {command}'`` (default: ``$INNERDIST_WORKER_COMMAND``; unset: local
         processes); see :mod:`innerdist.workers`.
     dry_run:
-        Check everything, run the per-block passes on one sample block into a temporary
-        folder and return the plan's text (:class:`innerdist.plan.Plan`) instead of the
-        output path; nothing is written to ``out``.
+        Check everything, run every step (passes, merge, grow, finalize, write, pyramid)
+        on a sample of up to 2 blocks per axis from the middle, copied into a temporary
+        folder, and return the plan's text (:class:`innerdist.plan.Plan`) instead of the
+        output path: the estimate scales the sample's steps to the job (see
+        :func:`_plan`). Nothing is written to ``out``; the temporary folder is removed.
     """
     began = time.perf_counter()
     from innerdist.blockwise import existing_block_shape, tracking_dir_for
