@@ -153,6 +153,23 @@ def test_existing_outputs(tmp_path):
     assert not is_complete(again)
 
 
+def test_existing_block_shape_is_read_from_the_job(tmp_path):
+    from innerdist.blockwise import existing_block_shape
+
+    path = str(tmp_path / "o.zarr" / "x")
+    assert existing_block_shape(path, "segment", 2) is None  # no output
+    for job, found in [
+        ({"task": "segment", "block_shape": [16, 24]}, (16, 24)),
+        ({"task": "predict", "block_shape": [16, 24]}, None),  # another task's
+        ({"task": "segment", "block_shape": [16]}, None),  # other axes
+        ({"task": "segment", "block_shape": [16, True]}, None),
+        ({"task": "segment"}, None),
+    ]:
+        open_or_create_output(path, job=job, overwrite=True, roi=ROI, voxel_size=VOXEL,
+                              dtype=np.uint8)
+        assert existing_block_shape(path, "segment", 2) == found, job
+
+
 def test_overwrite_replaces_only_innerdist_job_outputs(tmp_path):
     """--overwrite never deletes data that no innerdist job wrote."""
     user = tmp_path / "o.zarr" / "user"

@@ -117,7 +117,11 @@ def test_dry_run_checks_the_input_like_a_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["instances", "threshold"])
-def test_segment_dry_run_writes_nothing(tmp_path: Path, mode: str) -> None:
+def test_segment_dry_run_writes_nothing(
+    tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import tempfile
+
     from test_segment import scene_2d, write_prediction
 
     from innerdist.cli import app
@@ -126,27 +130,42 @@ def test_segment_dry_run_writes_nothing(tmp_path: Path, mode: str) -> None:
     pred = write_prediction(tmp_path / "in.zarr" / "pred",
                             scene_2d()[np.newaxis].astype(np.float32))  # 40 x 40
     out = tmp_path / "out.zarr" / "seg"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the sample runs
     text = segment_volume(pred, out, mode=mode, block_shape=(16, 16), num_workers=1,
                           dry_run=True, progress=False)
     assert not out.exists() and not (tmp_path / "out.zarr").exists()
+    assert list(temp.iterdir()) == []  # the sample's folder is gone
     lines = text.splitlines()
     assert lines[0] == "segment: plan (nothing was written)"
     assert lines[1] == "  blocks               9 of (16, 16) voxels"  # 3 x 3, edges shrunk
+    # The sample: 2 x 2 whole blocks from the middle (the grid's first two here).
+    assert lines[2].endswith("(measured on a sample of 4 block(s), (32, 32) voxels, through "
+                             "every step)")
+    assert lines[5].startswith("  steps                ")
+    steps = [step.rsplit(" ", 2)[0] for step in lines[5].split(None, 1)[1].split(", ")]
     if mode == "threshold":
         assert lines[3] == f"  output on disk       <= {_size(40 * 40)} (uint8, 1 channel(s), " \
             "uncompressed)"
-        assert len(lines) == 5
+        assert steps == ["create", "threshold", "pyramid", "finish"]
     else:
         assert lines[3] == f"  output on disk       <= {_size(4 * 40 * 40 * 8)} (uint64, 1 " \
             "channel(s), with 3 intermediates while it runs, uncompressed)"
-        assert lines[5].startswith("  note                 per block = the fragments and faces")
-    assert "with 1 worker(s) (worker start-up 0 s)" in lines[4]
+        assert steps == ["create", "fragments", "faces", "merge", "grow", "finalize", "write",
+                         "clean-up", "pyramid", "finish"]
+    assert len(lines) == 6  # no note: the sample's objects are all far below the flood limit
+    assert "with 1 worker(s) (worker start-up 0 s" in lines[4]
+    no_pyramid = segment_volume(pred, out, mode=mode, block_shape=(16, 16), dry_run=True,
+                                progress=False, pyramid=False)
+    assert "pyramid" not in no_pyramid.splitlines()[5]
 
     result = CliRunner().invoke(app, ["segment", pred, str(out), "--mode", mode,
                                       "--block-shape", "16,16", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("segment: plan (nothing was written)\n")
     assert not out.exists()
+    assert list(temp.iterdir()) == []
 
 
 # --- planning blocks and workers ------------------------------------------------------------
@@ -197,6 +216,131 @@ def test_chunks_divide_planned_blocks() -> None:
     assert chunk_shape_for((256, 256, 256), (64, 64, 64), max_voxels=64**3) == (64, 64, 64)
     assert chunk_shape_for((192, 120), (64, 40), max_voxels=3000) == (64, 40)
     assert chunk_shape_for((37, 45), (24, 12)) == (37, 45)  # small: the block itself
+
+
+def test_segment_blocks_are_planned_for_the_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    import innerdist.plan
+    from innerdist.segment import _BYTES_PER_VOXEL, _chunk_shape, _planned_block_shape
+
+    monkeypatch.setattr(innerdist.plan, "_total_ram", lambda: 8 * 2**30)  # budget 2 GiB
+
+    def planned(shape: tuple[int, ...], chunks: tuple[int, ...], workers: int = 1,
+                channels: int = 1) -> tuple[int, ...]:
+        return _planned_block_shape(shape, channels=channels, stored_chunks=chunks,
+                                    workers=workers, cluster=False)
+
+    def count(shape: tuple[int, ...], block: tuple[int, ...]) -> int:
+        return math.prod(math.ceil(s / b) for s, b in zip(shape, block, strict=True))
+
+    # One worker, a 2048^2 image (4 Mi voxels, 256 MiB at 64 B): one block.
+    assert planned((2048, 2048), (2048, 2048)) == (2048, 2048)
+    assert planned((2048, 2048), (100, 100)) == (2048, 2048)
+    # 4 workers on 512^3: 4 blocks each at least, of whole 64^3 chunks.
+    block = planned((512, 512, 512), (64, 64, 64), workers=4)
+    assert count((512,) * 3, block) >= 16 and all(b % 64 == 0 for b in block)
+    # Whole chunks where they allow 8 blocks for 2 workers ...
+    assert planned((2048, 2048), (512, 512), workers=2) == (512, 1024)
+    # ... else steps of 8 voxels: one 2048^2 chunk cannot feed 2 workers.
+    block = planned((2048, 2048), (2048, 2048), workers=2)
+    assert count((2048, 2048), block) >= 8 and all(b % 8 == 0 for b in block)
+    # The memory budget: 2 GiB / 64 B = 32 Mi voxels, but the cap is 16 Mi (2**24) ...
+    assert math.prod(planned((8192, 8192), (512, 512))) <= 2**24
+    # ... and 8 channels hold 8 times as much: 4 Mi voxels.
+    block = planned((8192, 8192), (512, 512), channels=8)
+    assert math.prod(block) * 8 * _BYTES_PER_VOXEL <= 2 * 2**30
+    # Ids are (channel, block) * 2**32 + local id: blocks stay far below 2**32 voxels, and
+    # a 100k^3 volume (10**15 voxels) still has fewer than 2**32 blocks.
+    block = planned((100_000,) * 3, (64, 64, 64), workers=64)
+    assert math.prod(block) < 2**32 and count((100_000,) * 3, block) < 2**32
+    # Output chunks divide the block and stay at most 512^2 / 64^3, the old fixed blocks.
+    assert _chunk_shape((2048, 2048)) == (512, 512)
+    assert _chunk_shape((192, 192, 256)) == (48, 48, 64)
+    assert _chunk_shape((40, 40)) == (40, 40)
+
+
+def test_segment_plans_fewer_larger_blocks_when_it_runs_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2 workers that would not pay off: the job runs in this process with the blocks one
+    worker gets, not with blocks cut for 2 workers; its chunks keep the pyramid levels."""
+    from test_segment import write_prediction
+
+    from innerdist.plan import STARTUP_ENV
+    from innerdist.segment import segment_volume
+    from innerdist.volumes import open_volume
+
+    pred = np.zeros((1, 600, 600), np.float32)
+    pred[0, 100:200, 100:300] = 0.9
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)  # chunks of 5
+    monkeypatch.setenv(STARTUP_ENV, "60")  # a worker's start-up costs a minute
+    out = segment_volume(path, tmp_path / "p.zarr" / "seg", num_workers=2, progress=False,
+                         seed_dynamic=0)
+    assert open_volume(out).attrs["innerdist_job"]["block_shape"] == [600, 600]
+    assert zarr.open_array(str(Path(out) / "s0"), mode="r").chunks == (1, 200, 600)
+    assert (Path(out) / "s1").exists()
+    assert segment_volume(path, tmp_path / "p.zarr" / "dry", num_workers=2, dry_run=True,
+                          progress=False, seed_dynamic=0).splitlines()[1] == \
+        "  blocks               1 of (600, 600) voxels"
+
+
+def test_segment_estimate_counts_a_start_up_for_each_step_with_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from test_segment import scene_2d, write_prediction
+
+    import innerdist.plan
+    from innerdist.plan import STARTUP_ENV
+    from innerdist.segment import segment_volume
+
+    pred = write_prediction(tmp_path / "in.zarr" / "pred",
+                            scene_2d()[np.newaxis].astype(np.float32))  # 40 x 40
+    monkeypatch.setenv(STARTUP_ENV, "0")  # keep the 2 workers asked for
+    monkeypatch.setattr(innerdist.plan, "worker_startup_seconds", lambda modules: 10.0)
+    text = segment_volume(pred, tmp_path / "o.zarr" / "s", block_shape=(16, 16),
+                          num_workers=2, dry_run=True, progress=False, pyramid=False)
+    steps = {}
+    for step in text.splitlines()[5].split(None, 1)[1].split(", "):
+        name, seconds, unit = step.rsplit(" ", 2)
+        assert unit == "s"
+        steps[name] = float(seconds)
+    # daisy starts the workers of every blockwise pass anew; merge and finalize are serial.
+    for name in ("fragments", "faces", "write"):
+        assert 10.0 <= steps[name] < 11.0, text
+    assert steps["merge"] < 1.0 and steps["finalize"] < 1.0
+    assert "with 2 worker(s) (worker start-up 10 s" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_segment_estimate_is_near_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int,
+) -> None:
+    """The dry run's estimate and the run of the same job agree within 2x either way (a
+    generous bound: the machine may be shared; bench/scale.py measures the real ratio)."""
+    from scipy import ndimage
+
+    from innerdist.plan import STARTUP_ENV
+    from innerdist.segment import segment_volume
+    from innerdist.volumes import create_volume, mark_complete
+
+    rng = np.random.default_rng(3)
+    smooth = ndimage.gaussian_filter(rng.normal(size=(1024, 1024)), 4) * 6
+    roi = Roi((0, 0), (1024, 1024))
+    # Chunks like predict's (test_segment's helper writes chunks of 5, whose reads dominate).
+    array = create_volume(tmp_path / "p.zarr" / "pred", roi=roi, voxel_size=(1, 1),
+                          dtype=np.float32, num_channels=1, chunk_shape=(256, 256),
+                          attrs={"innerdist_predictor": {"scale_factor": 10.0}})
+    array[roi] = (0.99 * np.tanh(np.clip(smooth, 0, None)))[np.newaxis].astype(np.float32)
+    mark_complete(array)
+    path = str(tmp_path / "p.zarr" / "pred")
+    monkeypatch.setenv(STARTUP_ENV, "0")  # keep the workers asked for
+    kwargs = dict(block_shape=(256, 256), num_workers=workers, progress=False)
+    text = segment_volume(path, tmp_path / "p.zarr" / "dry", dry_run=True, **kwargs)
+    estimate = float(text.splitlines()[4].split()[3])  # "... wall time  12.3 s with ..."
+    start = time.perf_counter()
+    segment_volume(path, tmp_path / "p.zarr" / "seg", **kwargs)
+    seconds = time.perf_counter() - start
+    assert 0.5 <= estimate / seconds <= 2.0, (estimate, seconds, text)
 
 
 def test_workers_are_capped_by_blocks_and_dropped_when_start_up_dominates() -> None:

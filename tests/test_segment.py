@@ -553,6 +553,34 @@ def test_failing_block_is_reported_and_resumed(tmp_path, monkeypatch):
     assert_same(read(out), reference(pred))
 
 
+def test_an_existing_output_keeps_its_blocks(tmp_path, monkeypatch):
+    """Planned blocks depend on the workers and the machine: an unfinished output written
+    with other blocks is resumed with them (not refused as another job, not started
+    afresh), and a finished one stays the same job, a no-op, with other workers."""
+    pred = noisy(scene_2d(), seed=9)[None]
+    path = write_prediction(tmp_path / "p.zarr" / "pred", pred)  # 40 x 40, chunks of 5
+    out = tmp_path / "p.zarr" / "seg"
+    planned = seg._planned_block_shape((40, 40), channels=1, stored_chunks=(5, 5), workers=1,
+                                       cluster=False)
+    assert planned == (40, 40)  # one block, unlike the (16, 16) below
+    interrupt_on_call(monkeypatch, "_pass_write", 3)
+    with pytest.raises(KeyboardInterrupt):
+        segment_volume(path, out, block_shape=(16, 16), progress=False)
+    fragments = count_calls(monkeypatch, "_pass_fragments")
+    written = count_calls(monkeypatch, "_pass_write")
+    segment_volume(path, out, progress=False)
+    assert (fragments["n"], written["n"]) == (0, 9 - 2)  # 2 of the 9 blocks were written
+    result = open_volume(out)
+    assert is_complete(result) and result.attrs["innerdist_job"]["block_shape"] == [16, 16]
+    assert_same(read(out), reference(pred))
+    segment_volume(path, out, num_workers=2, progress=False)  # complete: nothing to do
+    assert fragments["n"] == 0
+    # --overwrite starts afresh, with planned blocks.
+    segment_volume(path, out, overwrite=True, progress=False)
+    assert open_volume(out).attrs["innerdist_job"]["block_shape"] == [40, 40]
+    assert_same(read(out), reference(pred))
+
+
 # --- the fallback for components too large to flood whole ---------------------------------------
 
 

@@ -74,6 +74,7 @@ from innerdist.volumes import (
 __all__ = [
     "BlockFailedError",
     "clear_tracking",
+    "existing_block_shape",
     "finish_output",
     "open_or_create_output",
     "run_blockwise",
@@ -357,6 +358,26 @@ def tracking_dir_for(path: str | Path) -> Path:
     """
     container, dataset = split_volume_path(path)
     return container / ".innerdist-blocks" / dataset
+
+
+def existing_block_shape(path: str | Path, task: str, dims: int) -> tuple[int, ...] | None:
+    """The block shape (voxels) an existing output of a ``task`` job (``"predict"``,
+    ``"segment"``) at ``path`` was written with, as its job attributes record it; None
+    when there is no such output or it records none.
+
+    Planned blocks depend on the workers and the machine's RAM, so a job that plans
+    again would be another job: an unfinished output resumes with the blocks it has, and
+    a finished one stays the same job (a no-op) when run again with other workers.
+    """
+    container, dataset = split_volume_path(path)
+    job = (_attrs_on_disk(container / dataset) or {}).get(JOB_ATTR)
+    if not isinstance(job, dict) or job.get("task") != task:
+        return None
+    block = job.get("block_shape")
+    if not (isinstance(block, list) and len(block) == dims
+            and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in block)):
+        return None
+    return tuple(block)
 
 
 def _attrs_on_disk(target: Path) -> dict[str, Any] | None:

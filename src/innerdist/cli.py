@@ -522,8 +522,9 @@ def segment(
     ] = None,
     block_shape: Annotated[
         str | None,
-        typer.Option(help="Block (and chunk) shape in voxels, comma separated (default 64^3 / "
-                     "512^2)."),
+        typer.Option(help="Block shape in voxels, comma separated, also the output's chunks "
+                     "(default: planned from the volume, the prediction's chunks, the "
+                     "workers and the memory; an existing output keeps its blocks)."),
     ] = None,
     max_watershed_voxels: Annotated[
         int,
@@ -537,8 +538,9 @@ def segment(
         bool,
         typer.Option(
             "--dry-run",
-            help="Print the plan (blocks, per-block time and memory measured on one sample "
-            "block, output size, estimated wall time) and write nothing.",
+            help="Print the plan (blocks, per-block time and memory, output size, estimated "
+            "wall time per step), measured by running every step on a sample of up to 2 "
+            "blocks per axis in a temporary folder; nothing is written near the output.",
         ),
     ] = False,
     workers: Workers = 1,

@@ -13,11 +13,14 @@ The estimate is ``set-up + start-up + warm-up + ceil(blocks / N) * per block``: 
 (reading the inputs and the network, as the dry run did), the warm-up (what the sample
 block's first run cost more than its second) and the start-up of a worker (a fresh Python
 importing what a worker imports; only with more than one worker or a worker command) are
-measured too.
+measured too. A job of several steps (``segment``: passes, merge, grow, pyramid) runs all
+of them on a sample of a few blocks and gives ``Plan.steps``, each step's time scaled to
+the whole job with its start-ups; the estimate is then the set-up plus their sum.
 
 This module also *plans* a job before it runs (every job, not only dry runs):
 
-- :func:`choose_block_shape` picks ``predict``'s write blocks when the user gives none:
+- :func:`choose_block_shape` picks the write blocks of ``predict`` (and, with the
+  prediction's chunks as the tile, of ``segment``) when the user gives none:
   whole multiples of the network's forward-pass tile, as large as the memory budget
   (:func:`memory_budget`) and the volume allow, but cut into enough blocks that every
   worker has several. A block is then many tiles that share one read of raw and one
@@ -106,9 +109,15 @@ class Plan:
     note: str | None = None  # what the estimate leaves out
     setup_seconds: float = 0.0  # measured: reading the inputs and the network before blocks
     warmup_seconds: float = 0.0  # measured: what a worker's first block costs more
+    # Estimated seconds of each step of the whole job, start-ups included; when given, the
+    # estimate is the set-up plus their sum (a job of several steps, like segment).
+    steps: tuple[tuple[str, float], ...] = ()
+    sample: str = "one sample block"  # what the per-block figures were measured on
 
     @property
     def estimated_seconds(self) -> float:
+        if self.steps:
+            return self.setup_seconds + sum(seconds for _, seconds in self.steps)
         rounds = math.ceil(self.blocks / self.workers)
         return (self.setup_seconds + self.worker_startup_seconds + self.warmup_seconds
                 + rounds * self.block_seconds)
@@ -118,14 +127,17 @@ class Plan:
         lines = [
             f"{self.job}: plan (nothing was written)",
             f"  blocks               {self.blocks} of {self.block_shape} voxels",
-            f"  per block            {self.block_seconds:.3g} s, {memory} (measured on one "
-            "sample block)",
+            f"  per block            {self.block_seconds:.3g} s, {memory} (measured on "
+            f"{self.sample})",
             f"  output on disk       <= {_size(self.output_bytes)} ({self.output_description})",
             f"  estimated wall time  {_duration(self.estimated_seconds)} with {self.workers} "
             f"worker(s) (worker start-up {self.worker_startup_seconds:.2g} s"
             + (f", set-up {self.setup_seconds:.2g} s, first block +{self.warmup_seconds:.2g} s"
                if self.setup_seconds or self.warmup_seconds else "") + ")",
         ]
+        if self.steps:
+            lines.append("  steps                " + ", ".join(
+                f"{name} {_duration(seconds)}" for name, seconds in self.steps))
         if self.note:
             lines.append(f"  note                 {self.note}")
         return "\n".join(lines)
@@ -342,9 +354,11 @@ def choose_block_shape(
     budget_bytes: int,
     workers: int = 1,
     max_block_voxels: int = MAX_BLOCK_VOXELS,
+    fallback_tile: Sequence[int] | None = None,
 ) -> tuple[int, ...]:
-    """Write block shape (voxels) for a volume predicted in forward-pass tiles of ``tile``
-    output voxels that each need ``margin`` voxels of input on every side.
+    """Write block shape (voxels) for a volume processed in tiles of ``tile`` voxels
+    (``predict``: the network's forward pass; ``segment``: the prediction's stored chunks)
+    that each need ``margin`` voxels of input on every side.
 
     The block is a whole number of tiles per axis, so it costs the forward passes of the
     same region in memory, and the blocks split each axis evenly (as few blocks per axis as
@@ -358,6 +372,12 @@ def choose_block_shape(
     An axis that one block covers gets the volume's extent (the tiles then split it as
     evenly as in memory).
 
+    A tile cannot be cut (a forward pass), so one tile per block is the smallest plan even
+    when it breaks these limits. Where tiles *can* be cut at a cost (chunks: a block that
+    cuts one reads all of it), ``fallback_tile`` is the finer step planned with when one
+    ``tile`` per block is too large for the budget or the voxel cap, or too few blocks for
+    the workers.
+
     >>> choose_block_shape((2048, 2048), tile=(120, 120), margin=(20, 20),
     ...                    in_bytes_per_voxel=4, out_bytes_per_voxel=8, budget_bytes=2**30)
     (2048, 2048)
@@ -365,6 +385,18 @@ def choose_block_shape(
     ...                    in_bytes_per_voxel=4, out_bytes_per_voxel=8, budget_bytes=2**30,
     ...                    workers=4)
     (192, 192, 256)
+
+    Whole chunks of (256, 256) when they make >= 8 blocks for 2 workers (3 x 3 here), else
+    steps of 8:
+
+    >>> choose_block_shape((2048, 2048), tile=(256, 256), margin=(0, 0), in_bytes_per_voxel=64,
+    ...                    out_bytes_per_voxel=0, budget_bytes=2**30, workers=2,
+    ...                    fallback_tile=(8, 8))
+    (768, 768)
+    >>> choose_block_shape((2048, 2048), tile=(2048, 2048), margin=(0, 0),
+    ...                    in_bytes_per_voxel=64, out_bytes_per_voxel=0, budget_bytes=2**30,
+    ...                    workers=2, fallback_tile=(8, 8))
+    (688, 688)
     """
     dims = len(volume_shape)
     if not (len(tile) == len(margin) == dims) or min(tile) < 1 or min(margin) < 0 \
@@ -390,6 +422,12 @@ def choose_block_shape(
 
     counts = [math.ceil(v / t) for v, t in zip(volume_shape, tile, strict=True)]
     block = [extent(a, c) for a, c in enumerate(counts)]
+    if fallback_tile is not None and not fits(block):
+        return choose_block_shape(
+            volume_shape, tile=fallback_tile, margin=margin,
+            in_bytes_per_voxel=in_bytes_per_voxel, out_bytes_per_voxel=out_bytes_per_voxel,
+            budget_bytes=budget_bytes, workers=workers, max_block_voxels=max_block_voxels,
+        )
     while True:
         # Shortest axis first (the last axis wins ties: it is the contiguous one).
         for axis in sorted(range(dims), key=lambda a: (block[a], -a)):

@@ -44,7 +44,9 @@ All volume coordinates are voxels relative to the prediction's ROI unless named 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import importlib
 import itertools
 import logging
 import math
@@ -52,8 +54,9 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -230,6 +233,7 @@ class _Job:
     offset: tuple[int, ...]  # world units
     shape: tuple[int, ...]  # voxels, spatial
     block: tuple[int, ...]  # voxels
+    chunk: tuple[int, ...]  # voxels, of the output and the intermediates; divides block
     channels: int
     scale: float
     shift: float
@@ -330,8 +334,13 @@ def segment_volume(
         Smallest object kept, world units (nm^3 in 3-D, nm^2 in 2-D). Default: the
         attrs' ``min_size`` (voxels), else 0.
     block_shape:
-        Write block in voxels (default 64 per axis in 3-D, 512 in 2-D, capped at the
-        volume). Also the chunk shape of the output.
+        Write block in voxels, capped at the volume; also the chunk shape of the output.
+        Default: planned (:func:`innerdist.plan.choose_block_shape`) from the volume, the
+        prediction's chunks (blocks of whole chunks where they allow it), the workers
+        (several blocks each) and the memory budget, with output chunks of at most
+        512^2 / 64^3 voxels; an existing output of the job keeps the blocks it was
+        written with. The objects do not depend on the blocks (except in the fallback
+        below), their ids do.
     num_workers:
         Worker processes (1: everything in this process).
     overwrite:
@@ -357,17 +366,19 @@ def segment_volume(
         ``'srun {command}'`` (default: ``$INNERDIST_WORKER_COMMAND``; unset: local
         processes); see :mod:`innerdist.workers`.
     dry_run:
-        Check everything, run the per-block passes on one sample block into a temporary
-        folder and return the plan's text (:class:`innerdist.plan.Plan`) instead of the
-        output path; nothing is written to ``out``.
+        Check everything, run every step (passes, merge, grow, finalize, write, pyramid)
+        on a sample of up to 2 blocks per axis from the middle, copied into a temporary
+        folder, and return the plan's text (:class:`innerdist.plan.Plan`) instead of the
+        output path: the estimate scales the sample's steps to the job (see
+        :func:`_plan`). Nothing is written to ``out``; the temporary folder is removed.
     """
-    from innerdist.blockwise import open_or_create_output, tracking_dir_for
+    began = time.perf_counter()
+    from innerdist.blockwise import existing_block_shape, tracking_dir_for
     from innerdist.safety import check_input_complete, check_output_apart_from_inputs
     from innerdist.workers import resolve_worker_command
 
     worker_command = resolve_worker_command(worker_command)
     from innerdist.volumes import (
-        is_complete,
         label_output_path,
         num_channels,
         open_volume,
@@ -470,7 +481,25 @@ def segment_volume(
             min_size_world = min_size_voxels * voxel_volume
 
     shape = tuple(int(s) for s in source.shape[1:])
-    block = _block_shape(block_shape, shape)
+    cluster = worker_command is not None
+    if block_shape is not None:
+        block = _given_block_shape(block_shape, shape)
+        chunk = block
+    else:
+        # A job that exists keeps its blocks (planned ones depend on workers and RAM).
+        resumed = None if overwrite else existing_block_shape(out, "segment", dims)
+        stored = tuple(int(c) for c in source.chunk_shape[source.channel_dims:])
+        plan_blocks = partial(_planned_block_shape, shape, channels=channels,
+                              stored_chunks=stored, cluster=cluster)
+        block = resumed or plan_blocks(workers=num_workers)
+    blocks = math.prod(-(-s // b) for s, b in zip(shape, block, strict=True))
+    requested_workers = num_workers
+    num_workers = _planned_workers(num_workers, shape=shape, channels=channels, blocks=blocks,
+                                   cluster=cluster)
+    if block_shape is None:
+        if resumed is None and num_workers == 1 < requested_workers:
+            block = plan_blocks(workers=1)  # in this process after all: fewer, larger blocks
+        chunk = _chunk_shape(block)
     # Ids are (channel, block) * 2**32 + local id: both parts must fit in 32 bits.
     grid = [-(-s // b) for s, b in zip(shape, block, strict=True)]
     if math.prod(block) >= 2**_LOCAL_BITS or channels * math.prod(grid) >= 2**_LOCAL_BITS:
@@ -505,6 +534,7 @@ def segment_volume(
         offset=tuple(int(o) for o in source.roi.offset),
         shape=shape,
         block=block,
+        chunk=chunk,
         channels=channels,
         scale=scale,
         shift=shift,
@@ -530,82 +560,174 @@ def segment_volume(
         "max_watershed_voxels": max_watershed_voxels,
         "fallback_context": list(context),
     }
-    num_workers = _planned_workers(num_workers, job)
     if dry_run:
-        return _plan(job, num_workers)
-    resuming = (out_container / out_dataset).exists() and not overwrite
-    output = open_or_create_output(
-        out,
-        job=description,
-        overwrite=overwrite,
-        inputs={"prediction": prediction},
-        roi=source.roi,
-        voxel_size=voxel_size,
-        dtype=np.uint8 if mode == "threshold" else np.uint64,
-        num_channels=channels,
-        chunk_shape=block,
-        attrs={
-            SEGMENTATION_ATTR: {
-                k: description[k]
-                for k in ("mode", "foreground_level", "seed_level", "seed_dynamic", "min_size")
-            }
-        },
-        ome=True,
-        label=True,
-        units=world_unit(source.units),
-    )
+        return _plan(job, description, source, num_workers=num_workers, pyramid=pyramid,
+                     setup_seconds=time.perf_counter() - began)
+    _execute(job, description, roi=source.roi, units=world_unit(source.units),
+             inputs={"prediction": prediction}, overwrite=overwrite, pyramid=pyramid,
+             num_workers=num_workers)
+    return str(out)
+
+
+class _Steps:
+    """Seconds spent in each step of a run, summed by name (the dry run extrapolates
+    them to the whole job)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _execute(
+    job: _Job,
+    description: dict[str, Any],
+    *,
+    roi: Roi,
+    units: Any,
+    inputs: Mapping[str, str | Path],
+    overwrite: bool,
+    pyramid: bool,
+    num_workers: int,
+    steps: _Steps | None = None,
+    before_finish: Callable[[_Job], None] | None = None,
+) -> None:
+    """Create (or reopen, to resume) the output of ``job`` and run every step into it: the
+    one sequence a run and the dry run's sample both go through. ``before_finish`` is
+    called once the passes are done, while the intermediates still exist."""
+    from innerdist.blockwise import open_or_create_output
+    from innerdist.volumes import is_complete, zarr_array_path
+
+    steps = steps or _Steps()
+    resuming = Path(job.out).exists() and not overwrite
+    with steps("create"):
+        output = open_or_create_output(
+            job.user_out,
+            job=description,
+            overwrite=overwrite,
+            inputs=inputs,
+            roi=roi,
+            voxel_size=job.voxel_size,
+            dtype=np.uint8 if job.mode == "threshold" else np.uint64,
+            num_channels=job.channels,
+            chunk_shape=job.chunk,
+            attrs={
+                SEGMENTATION_ATTR: {
+                    k: description[k]
+                    for k in ("mode", "foreground_level", "seed_level", "seed_dynamic",
+                              "min_size")
+                }
+            },
+            ome=True,
+            label=True,
+            units=units,
+        )
     job = dataclasses.replace(job, out=zarr_array_path(output) or job.out)
     if is_complete(output):
-        return str(out)  # the same job finished before: nothing to do
+        return  # the same job finished before: nothing to do
     _forget()
     try:
-        if mode == "threshold":
-            _run(job, "segment-threshold", _pass_threshold, num_workers)
+        if job.mode == "threshold":
+            with steps("threshold"):
+                _run(job, "segment-threshold", _pass_threshold, num_workers)
         else:
-            _segment_instances(job, source, resuming=resuming, num_workers=num_workers)
+            _segment_instances(job, roi, resuming=resuming, num_workers=num_workers,
+                               steps=steps)
+        if before_finish is not None:
+            before_finish(job)
     finally:
         _forget()
-    _finish(job, output, pyramid=pyramid, num_workers=num_workers)
-    return str(out)
+    _finish(job, output, pyramid=pyramid, num_workers=num_workers, steps=steps)
 
 
 #: In-process segmentation time per voxel and channel (all passes), seconds: 2048^2 in 6.5 s
 #: on one core of the 2-core development machine. Only to decide whether workers pay off.
 _SECONDS_PER_VOXEL = 1.5e-6
+#: Host memory a segment block holds per voxel and channel, bytes. The fragments pass holds
+#: the most: measured (:func:`innerdist.plan.measure_block`, 1024^2 and 96^3 blocks of a
+#: smooth random prediction) 53-61 B with dynamic seeds (the float32 prediction and its
+#: halo copy, the float64 relief, component labels, the uint64 seeds and fragments and
+#: their temporaries), 40-45 B with level seeds; the write pass 33 B, the faces pass < 8 B.
+_BYTES_PER_VOXEL = 64
+#: Step (voxels) of planned blocks when whole chunks of the prediction are too coarse.
+_BLOCK_STEP = 8
+#: Largest planned output chunk, voxels: the old fixed blocks (512^2, 64^3; 2 MiB of
+#: uint64), so that viewers and the pyramid levels see the chunks they saw before.
+_MAX_CHUNK_VOXELS = 2**18
 
 
-def _planned_workers(requested: int, job: _Job) -> int:
+def _planned_workers(requested: int, *, shape: Sequence[int], channels: int, blocks: int,
+                     cluster: bool) -> int:
     """Workers for the job: no more than blocks, and 1 (this process) for local workers
     when the job is too small for their start-up to pay off
     (:func:`innerdist.plan.choose_workers`)."""
     from innerdist.plan import choose_workers
 
-    if job.worker_command is not None:
-        return max(1, min(requested, job.num_blocks))
-    seconds = math.prod(job.shape) * job.channels * _SECONDS_PER_VOXEL
+    if cluster:
+        return max(1, min(requested, blocks))
+    seconds = math.prod(shape) * channels * _SECONDS_PER_VOXEL
     # The passes are single-threaded numpy: workers scale up to the cores.
-    usable = max(1, min(requested, job.num_blocks, os.cpu_count() or 1))
-    workers = choose_workers(requested, blocks=job.num_blocks, serial_seconds=seconds,
+    usable = max(1, min(requested, blocks, os.cpu_count() or 1))
+    workers = choose_workers(requested, blocks=blocks, serial_seconds=seconds,
                              parallel_seconds=seconds / usable)
     if workers != requested:
-        logger.info("segment: %d block(s) on %d worker(s) (%d asked for)", job.num_blocks,
-                    workers, requested)
+        logger.info("segment: %d block(s) on %d worker(s) (%d asked for)", blocks, workers,
+                    requested)
     return workers
 
 
-def _block_shape(block_shape: Sequence[int] | None, shape: tuple[int, ...]) -> tuple[int, ...]:
+def _given_block_shape(block_shape: Sequence[int], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The user's ``block_shape``, checked and capped at the volume."""
     dims = len(shape)
-    if block_shape is None:
-        wanted: tuple[int, ...] = (64,) * dims if dims == 3 else (512,) * dims
-    else:
-        wanted = tuple(block_shape)
-        if len(wanted) != dims or any(
-            isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in wanted
-        ):
-            raise ValueError(
-                f"block_shape must be {dims} positive integers (voxels), got {tuple(block_shape)}"
-            )
+    wanted = tuple(block_shape)
+    if len(wanted) != dims or any(
+        isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in wanted
+    ):
+        raise ValueError(
+            f"block_shape must be {dims} positive integers (voxels), got {tuple(block_shape)}"
+        )
     return tuple(min(int(b), s) for b, s in zip(wanted, shape, strict=True))
+
+
+def _planned_block_shape(
+    shape: tuple[int, ...], *, channels: int, stored_chunks: Sequence[int], workers: int,
+    cluster: bool,
+) -> tuple[int, ...]:
+    """Blocks for a job the user gave none (:func:`innerdist.plan.choose_block_shape`):
+    whole chunks of the prediction (a block reads every chunk it touches in full), as
+    large as :data:`_BYTES_PER_VOXEL` per voxel and channel in the memory budget, the
+    voxel cap and :data:`~innerdist.plan.BLOCKS_PER_WORKER` blocks per worker allow; in
+    steps of :data:`_BLOCK_STEP` voxels when whole chunks cannot do that. One voxel of
+    margin: dynamic seeds read it. Cluster workers have a machine each."""
+    from innerdist.plan import choose_block_shape, memory_budget
+
+    dims = len(shape)
+    return choose_block_shape(
+        shape,
+        tile=[min(int(c), s) for c, s in zip(stored_chunks, shape, strict=True)],
+        margin=(1,) * dims,
+        in_bytes_per_voxel=_BYTES_PER_VOXEL * channels,
+        out_bytes_per_voxel=0,
+        budget_bytes=memory_budget(1 if cluster else workers),
+        workers=workers,
+        fallback_tile=(_BLOCK_STEP,) * dims,
+    )
+
+
+def _chunk_shape(block: tuple[int, ...]) -> tuple[int, ...]:
+    """Chunks of the output and intermediates for planned blocks: the block cut into equal
+    parts of whole steps, at most :data:`_MAX_CHUNK_VOXELS` (each block still writes
+    chunks of its own)."""
+    from innerdist.plan import chunk_shape_for
+
+    return chunk_shape_for(block, tuple(min(_BLOCK_STEP, b) for b in block),
+                           max_voxels=_MAX_CHUNK_VOXELS)
 
 
 def _run(job: _Job, name: str, process: Callable[[_Job, Roi, Roi], None], num_workers: int) -> None:
@@ -650,76 +772,207 @@ def pass_function(*, job: dict[str, Any], step: str) -> Callable[[Roi, Roi], Non
     return partial(function, _Job(**fields))
 
 
-def _plan(job: _Job, num_workers: int) -> str:
-    """The ``dry_run`` of :func:`segment_volume`: the passes that run block by block before
-    the merge, on the middle block, into temporary volumes; timed and measured."""
+#: Steps that run block by block through daisy (workers start anew for each).
+_BLOCK_STEPS = ("threshold", "fragments", "faces", "fallback", "write")
+#: What the steps import on first use. The dry run imports them before it times the
+#: sample: once per run, they belong to the set-up, not to the time scaled with voxels.
+#: (skimage loads its submodules lazily: the watershed's own module is named.)
+_STEP_MODULES = ("scipy.ndimage", "scipy.sparse.csgraph", "skimage.segmentation._watershed",
+                 "cc3d", "innerdist.blockwise", "innerdist.progress", "innerdist.pyramid")
+
+
+def _warm_up(job: _Job) -> float:
+    """Pay what the steps pay on first use in a process, and return its seconds: the
+    imports of :data:`_STEP_MODULES`, and the watershed's compiled code (numba, loaded
+    from its cache on the first call), warmed by segmenting two touching bumps with the
+    job's levels. A run pays this once, whatever its size: it must not be scaled."""
+    start = time.perf_counter()
+    for module in _STEP_MODULES:
+        importlib.import_module(module)
+    line = np.array([0.3, 0.7, 0.9, 0.95, 0.7, 0.3, 0.6, 0.9, 0.95, 0.3], np.float32)
+    bumps = line.reshape((1,) * (job.dims - 1) + (-1,))
+    if job.mode == "instances":
+        instances(bumps, foreground_level=job.foreground_level, seed_level=job.seed_level,
+                  seed_dynamic=job.seed_dynamic, scale=job.distance_scale)
+    return time.perf_counter() - start
+
+
+def _pass_nothing(job: _Job, read_roi: Roi, write_roi: Roi) -> None:
+    """A pass that does nothing: the dry run times what starting a pass's workers costs."""
+
+
+def _pass_startup_seconds(job: _Job, num_workers: int, tracking: Path) -> float:
+    """Seconds a blockwise pass with ``num_workers`` local workers costs beyond its blocks
+    (daisy spawns them, each imports this module and unpickles the job), measured on a
+    pass of empty blocks."""
+    from innerdist.blockwise import run_blockwise
+
+    start = time.perf_counter()
+    run_blockwise(
+        "segment-startup", total_roi=Roi((0,), (num_workers,)), block_shape=Coordinate((1,)),
+        context=Coordinate((0,)), process=partial(_pass_nothing, job),
+        tracking_dir=tracking, num_workers=num_workers, progress=False,
+    )
+    return time.perf_counter() - start
+
+
+def _sample_box(job: _Job) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Voxel box ``[lo, hi)`` of the dry run's sample: up to 2 blocks per axis around the
+    middle, whole blocks where the axis has 3 or more::
+
+        grid 1: [0]     grid 2: [0 1]     grid 5: 0 [1 2] 3 4     grid 6: 0 1 [2 3] 4 5
+    """
+    lo, hi = [], []
+    for g, b, s in zip(job.grid, job.block, job.shape, strict=True):
+        first = max(0, (g - 2) // 2)
+        lo.append(first * b)
+        hi.append(min(s, (first + 2) * b))
+    return tuple(lo), tuple(hi)
+
+
+def _plan(
+    job: _Job, description: dict[str, Any], source: Array, *, num_workers: int, pyramid: bool,
+    setup_seconds: float,
+) -> str:
+    """The ``dry_run`` of :func:`segment_volume`: every step of the job (the passes, merge,
+    grow, finalize, write, pyramid) run on a sample of a few blocks from the middle
+    (:func:`_sample_box`) copied into a temporary folder, timed, and scaled to the whole
+    job: by voxels, in rounds of blocks over the workers for the per-block passes, plus
+    the workers' measured start-up for each step that starts them. The memory of a block
+    is measured on the sample's first block (:func:`innerdist.plan.measure_block`)."""
+    from innerdist.blockwise import tracking_dir_for
     from innerdist.plan import Plan, measure_block, output_bytes, worker_startup_seconds
-    from innerdist.volumes import create_volume
+    from innerdist.pyramid import level_factors
+    from innerdist.volumes import create_volume, read, zarr_array_path
 
     voxel = Coordinate(job.voxel_size)
-    roi = Roi(job.offset, Coordinate(job.shape) * voxel)
-    middle = Coordinate(g // 2 * b for g, b in zip(job.grid, job.block, strict=True))
-    write_roi = Roi(roi.offset + middle * voxel, Coordinate(job.block) * voxel).intersect(roi)
+    lo, hi = _sample_box(job)
+    sample_shape = tuple(b - a for a, b in zip(lo, hi, strict=True))
+    sample_roi = Roi(Coordinate(job.offset) + Coordinate(lo) * voxel,
+                     Coordinate(sample_shape) * voxel)
     threshold = job.mode == "threshold"
-    seconds, host = 0.0, None
+    steps = _Steps()
+    memory: list[int] = []
+    batches: list[int] = []
+    setup_seconds += _warm_up(job)
+    cluster = job.worker_command is not None
     with tempfile.TemporaryDirectory(prefix="innerdist-plan-") as tmp:
-        folder = Path(tmp) / "plan.zarr"
+        # A pass's workers (local ones: cluster workers are not started for a plan).
+        pass_startup = (_pass_startup_seconds(job, num_workers, Path(tmp) / "startup")
+                        if num_workers > 1 and not cluster else 0.0)
+        copy_path = Path(tmp) / "in.zarr" / "pred"
+        copy = create_volume(copy_path, roi=sample_roi, voxel_size=job.voxel_size,
+                             dtype=source.dtype, num_channels=job.channels,
+                             chunk_shape=source.chunk_shape[source.channel_dims:])
+        copy[sample_roi] = read(source, sample_roi)
+        out = Path(tmp) / "out.zarr" / "seg"
         sample = dataclasses.replace(
-            job, tracking=str(Path(tmp) / "tracking"), worker_command=None,
-            out=str(folder / "out"), seeds=str(folder / "seeds"),
-            fragments=str(folder / "fragments"),
+            job, prediction=zarr_array_path(copy) or str(copy_path), prediction_is_zarr=True,
+            out=str(out), user_out=str(out), seeds=f"{out}__seeds",
+            fragments=f"{out}__fragments", grown=f"{out}__grown",
+            tracking=str(tracking_dir_for(out)), offset=tuple(sample_roi.offset),
+            shape=sample_shape, progress=False, worker_command=None,
         )
-        for path in (sample.out, sample.seeds, sample.fragments):
-            create_volume(path, roi=roi, voxel_size=job.voxel_size,
-                          dtype=np.uint8 if threshold else np.uint64,
-                          num_channels=job.channels, chunk_shape=job.block)
-        _forget()
-        try:
-            for step in [_pass_threshold] if threshold else [_pass_fragments, _pass_faces]:
-                s, h, _ = measure_block(partial(step, sample), write_roi, write_roi)
-                seconds += s
-                host = host if h is None else max(host or 0, h)
-        finally:
-            _forget()
+
+        def measure(done: _Job) -> None:
+            """Memory of the sample's first block in each pass (they can run again)."""
+            write_roi = Roi(sample_roi.offset, Coordinate(job.block) * voxel)
+            write_roi = write_roi.intersect(sample_roi)
+            if not threshold:
+                batches.append(len(_tables(done)["batch_channel"]))
+            for step in [_pass_threshold] if threshold else [_pass_fragments, _pass_faces,
+                                                              _pass_write]:
+                _forget()
+                host = measure_block(partial(step, done), write_roi, write_roi)[1]
+                memory.extend([] if host is None else [host])
+
+        _execute(sample, description, roi=sample_roi, units=world_unit(source.units),
+                 inputs={"prediction": str(copy_path)}, overwrite=False, pyramid=pyramid,
+                 num_workers=1, steps=steps, before_finish=measure)
+
+    parallel = num_workers > 1 or cluster
+    # A fresh Python importing what a worker imports: the grow step's pool, and (no better
+    # measure without submitting) a cluster worker.
     startup = (
-        worker_startup_seconds(["numpy", "zarr", "cc3d", "innerdist.segment", "innerdist.workers"])
-        if num_workers > 1 or job.worker_command is not None
+        worker_startup_seconds(["numpy", "zarr", "cc3d", "innerdist.segment", "innerdist.workers",
+                                "innerdist.blockwise"])
+        if parallel
         else 0.0
     )
+    if not cluster:
+        pass_startup = max(pass_startup, startup)
+    else:
+        pass_startup = startup
+    cores = os.cpu_count() or 1
+    scale = math.prod(job.shape) / math.prod(sample_shape)
+    estimate: dict[str, float] = {}
+    for name, seconds in steps.seconds.items():
+        whole = seconds * scale
+        if name == "create":
+            estimate[name] = seconds  # once, whatever the size
+        elif name in _BLOCK_STEPS and parallel:
+            share = max(1, min(num_workers if cluster else min(num_workers, cores),
+                               job.num_blocks))
+            rounds = math.ceil(job.num_blocks / share)
+            estimate[name] = pass_startup + rounds * whole / job.num_blocks
+        elif name == "grow" and num_workers > 1 and batches and batches[0] * scale > 1:
+            # Grown by local processes (a pool), on this machine even with a worker command.
+            share = max(1, min(num_workers, cores, math.ceil(batches[0] * scale)))
+            estimate[name] = whole if share == 1 else startup + whole / share
+        elif name == "pyramid" and num_workers > 1:
+            # One blockwise run per level, each starting its (local) workers.
+            levels = len(level_factors(job.voxel_size, job.shape, job.chunk))
+            estimate[name] = levels * pass_startup + whole / max(1, min(num_workers, cores))
+        else:
+            estimate[name] = whole
+    sample_blocks = math.prod(-(-s // b) for s, b in zip(sample_shape, job.block, strict=True))
+    block_seconds = sum(steps.seconds.get(n, 0.0) for n in _BLOCK_STEPS) / sample_blocks
+    notes = []
+    if sample_shape != job.shape and not threshold \
+            and job.max_watershed_voxels < math.prod(job.shape):
+        notes.append("objects cut by the sample's edges are smaller there, so a fallback "
+                     "pass the whole job needs may be missing")
+    if cluster:
+        notes.append("the wait for cluster workers to be scheduled is not in the estimate")
     copies = 1 if threshold else 4  # instances: the output and 3 uint64 intermediates
     return str(Plan(
         job="segment", blocks=job.num_blocks, block_shape=job.block, workers=num_workers,
-        block_seconds=seconds, block_memory_bytes=host, device_memory_bytes=None,
+        block_seconds=block_seconds, block_memory_bytes=max(memory) if memory else None,
+        device_memory_bytes=None,
         output_bytes=output_bytes(job.shape, job.channels * copies,
                                   "uint8" if threshold else "uint64"),
         output_description=(
             f"uint8, {job.channels} channel(s)" if threshold else
             f"uint64, {job.channels} channel(s), with 3 intermediates while it runs"
         ) + ", uncompressed",
-        worker_startup_seconds=startup,
-        note=None if threshold else (
-            "per block = the fragments and faces passes; the merge, grow and write steps "
-            "are not in the estimate"
-        ),
+        worker_startup_seconds=pass_startup, setup_seconds=setup_seconds,
+        steps=tuple(estimate.items()),
+        sample=(f"a sample of {sample_blocks} block(s), {sample_shape} voxels, through every "
+                "step"),
+        note="; ".join(notes) or None,
     ))
 
 
-def _finish(job: _Job, output: Array, *, pyramid: bool, num_workers: int) -> None:
+def _finish(job: _Job, output: Array, *, pyramid: bool, num_workers: int, steps: _Steps) -> None:
     from innerdist.blockwise import finish_output
 
-    for path in (job.seeds, job.fragments, job.grown):
-        _remove_dataset(path)
+    # Threshold mode has no intermediates of its own, but may replace an instances run's.
+    with steps("clean-up") if job.mode == "instances" else contextlib.nullcontext():
+        for path in (job.seeds, job.fragments, job.grown):
+            _remove_dataset(path)
     if pyramid:
         from innerdist.pyramid import write_pyramid
 
-        write_pyramid(
-            job.user_out,
-            reduction="mode",
-            tracking_dir=Path(job.tracking) / "pyramid",
-            num_workers=num_workers,
-            progress=job.progress,
-        )
-    finish_output(output, job.user_out)
+        with steps("pyramid"):
+            write_pyramid(
+                job.user_out,
+                reduction="mode",
+                tracking_dir=Path(job.tracking) / "pyramid",
+                num_workers=num_workers,
+                progress=job.progress,
+            )
+    with steps("finish"):
+        finish_output(output, job.user_out)
 
 
 def _remove_dataset(path: str) -> None:
@@ -731,7 +984,9 @@ def _exists(path: str) -> bool:
     return Path(path).exists()
 
 
-def _segment_instances(job: _Job, source: Array, *, resuming: bool, num_workers: int) -> None:
+def _segment_instances(
+    job: _Job, roi: Roi, *, resuming: bool, num_workers: int, steps: _Steps
+) -> None:
     from innerdist.volumes import create_volume
 
     tracking = Path(job.tracking)
@@ -745,16 +1000,19 @@ def _segment_instances(job: _Job, source: Array, *, resuming: bool, num_workers:
         for path in intermediates:
             create_volume(
                 path,
-                roi=source.roi,
+                roi=roi,
                 voxel_size=job.voxel_size,
                 dtype=np.uint64,
                 num_channels=job.channels,
-                chunk_shape=job.block,
+                chunk_shape=job.chunk,
                 overwrite=True,
             )
-    _run(job, "segment-fragments", _pass_fragments, num_workers)
-    _run(job, "segment-faces", _pass_faces, num_workers)
-    tables = _merge(job)
+    with steps("fragments"):
+        _run(job, "segment-fragments", _pass_fragments, num_workers)
+    with steps("faces"):
+        _run(job, "segment-faces", _pass_faces, num_workers)
+    with steps("merge"):
+        tables = _merge(job)
     if tables["fallback_comps"].size:
         warnings.warn(
             f"{tables['fallback_comps'].size} foreground component(s) with several seeds have "
@@ -763,12 +1021,16 @@ def _segment_instances(job: _Job, source: Array, *, resuming: bool, num_workers:
             "context, which is approximate at block seams (raise max_watershed_voxels to "
             "make them exact)",
             ApproximateSeamsWarning,
-            stacklevel=3,
+            stacklevel=4,  # _segment_instances, _execute, segment_volume, its caller
         )
-        _run(job, "segment-fallback", _pass_fallback, num_workers)
-    _grow_batches(job, num_workers)
-    _finalize(job)
-    _run(job, "segment-write", _pass_write, num_workers)
+        with steps("fallback"):
+            _run(job, "segment-fallback", _pass_fallback, num_workers)
+    with steps("grow"):
+        _grow_batches(job, num_workers)
+    with steps("finalize"):
+        _finalize(job)
+    with steps("write"):
+        _run(job, "segment-write", _pass_write, num_workers)
     (tracking / "written").touch()
 
 
