@@ -45,7 +45,6 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from innerdist.attrs import (
-    JOB_ATTR,
     POSTPROCESSING_ATTR,
     PREDICTOR_ATTR,
     QUANTIZATION_ATTR,
@@ -804,25 +803,6 @@ def _plan(
     ))
 
 
-def _existing_block_shape(out: str | Path, dims: int) -> tuple[int, ...] | None:
-    """The block shape an existing ``predict`` output was written with, or None: an
-    unfinished one resumes with the blocks it has, and a finished one stays the same job
-    (a no-op) when run again with other workers or on a machine with other RAM."""
-    from innerdist.blockwise import _attrs_on_disk
-    from innerdist.volumes import split_volume_path
-
-    container, dataset = split_volume_path(out)
-    attrs = _attrs_on_disk(container / dataset) or {}
-    job = attrs.get(JOB_ATTR)
-    if not isinstance(job, dict) or job.get("task") != "predict":
-        return None
-    block = job.get("block_shape")
-    if not (isinstance(block, list) and len(block) == dims
-            and all(isinstance(b, int) and b > 0 for b in block)):
-        return None
-    return tuple(block)
-
-
 def _planned_block_shape(
     shape: tuple[int, ...],
     tiling: _Tiling,
@@ -1072,6 +1052,7 @@ def predict_volume(
     after every block is written.
     """
     from innerdist.blockwise import (
+        existing_block_shape,
         finish_output,
         open_or_create_output,
         run_blockwise,
@@ -1179,7 +1160,8 @@ def predict_volume(
     out_channels = ckpt.predictor.embedding_dims
     from innerdist.plan import chunk_shape_for
 
-    resumed = None if block_shape is not None or overwrite else _existing_block_shape(out, dims)
+    resumed = (None if block_shape is not None or overwrite
+               else existing_block_shape(out, "predict", dims))
     planned = block_shape is None and resumed is None
     if block_shape is not None:
         block = tuple(
