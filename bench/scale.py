@@ -6,26 +6,32 @@
 The workers are started locally through the template ``{command}`` (what ``srun {command}``
 does on a cluster, minus the queue), so every worker is a fresh ``python -m innerdist
 worker`` that rebuilds its block function from the job file. For each worker count: the
-wall time of ``predict`` and of ``segment`` (all its passes), blocks/s, and the overhead
-against the same blocks run in one process (``num_workers=1``: no daisy, no workers) with
-perfect scaling, ``t_N / (t_1 / N) - 1``. Worker start-up is measured on its own: a
+wall time of ``predict`` and of ``segment`` (all its passes), blocks/s, the time against
+the same blocks run in one process (``num_workers=1``: no daisy, no workers), and the
+overhead against the best the workers could do on this machine, ``t_N / (t_1 / s) - 1``
+with the speed-up ``s`` they could have: ``min(N, cores)`` for segment (single-threaded
+numpy per process), 1 for predict (the in-process pass already uses every core through
+torch threads; local workers share those cores). Worker start-up is measured on its own: a
 one-block job through the template minus the same block in-process. Last, the 2-D case of
 the issue: a 2048^2 image (``--quick``: 512^2) predicted with the default blocks against
 one block covering the image. Prints a table; writes JSON (``bench/results/scale.json``).
 Ratios are comparable within one run, not across machines.
 
 ``--planner`` runs the planner's cases instead (``bench/results/scale-planner.json``):
-``predict`` with planned blocks against one in-memory pass (:func:`predict_array` of the
-same normalised data) and against the old one-tile blocks, on the 2-D 2048^2 image and a
-3-D volume (``--quick``: 1024^2 and 128^3); ``segment`` of the 2-D prediction with 1 and 2
-workers (the planner's choice, and 2 workers forced); and each dry-run estimate next to
-the run it estimates. Every timing is the best of ``--repeats``, interleaved.
+``predict`` with planned blocks and with the old one-tile blocks against one in-memory
+pass with its file I/O (:func:`in_memory_with_io`; the network-only
+:func:`predict_array` is a row too), on the 2-D 2048^2 image and a 3-D volume
+(``--quick``: 1024^2 and 128^3); ``segment`` of both predictions with planned blocks on 1
+worker, 2 asked for (the planner's choice), 2 forced, and the old fixed blocks; and each
+dry-run estimate next to the run it estimates. Every timing is the best of ``--repeats``,
+interleaved.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -112,7 +118,6 @@ def _seconds(text: str) -> float:
 
 
 def planner(args: argparse.Namespace) -> None:
-    import os
 
     from innerdist.plan import STARTUP_ENV
     from innerdist.predict import _Tiling, normalize_raw, predict_array
@@ -187,29 +192,41 @@ def planner(args: argparse.Namespace) -> None:
             rows.append({"case": f"predict {name}", "run": "dry-run estimate (planned)",
                          "seconds": estimate, "ratio": estimate / best["planned"]})
 
-        # segment the 2-D prediction: 1 worker, 2 as planned, 2 forced (start-up "free")
-        pred = preds["2-D"]
-        seg: dict[str, list[float]] = {"1": [], "2 (planned)": [], "2 (forced)": []}
-        for r in range(args.repeats):
-            for i, (label, workers, startup) in enumerate((
-                    ("1", 1, None), ("2 (planned)", 2, None), ("2 (forced)", 2, "0"))):
-                if startup is None:
-                    os.environ.pop(STARTUP_ENV, None)
-                else:
-                    os.environ[STARTUP_ENV] = startup
-                seg[label].append(timed(lambda w=workers, i=i, r=r: segment_volume(
-                    pred, str(work / f"2-D.zarr/seg{i}-{r}"), num_workers=w,
-                    overwrite=True, progress=False, pyramid=False)))
-        os.environ.pop(STARTUP_ENV, None)
-        estimate = _seconds(segment_volume(pred, str(work / "2-D.zarr/segdry"),
-                                           dry_run=True, progress=False))
-        best = {k: min(v) for k, v in seg.items()}
-        for label in seg:
-            rows.append({"case": f"segment 2-D {side_2d}^2", "run": f"{label} worker(s)",
-                         "seconds": best[label], "all_seconds": seg[label],
-                         "ratio": best[label] / best["1"]})
-        rows.append({"case": f"segment 2-D {side_2d}^2", "run": "dry-run estimate (1 worker)",
-                     "seconds": estimate, "ratio": estimate / best["1"]})
+        # segment both predictions (pyramid included, as by default): planned blocks with
+        # 1 worker, 2 as planned, 2 forced (start-up "free"), the old fixed blocks; and the
+        # dry-run estimates of the planned 1- and 2-worker runs.
+        for key, side, old in (("2-D", side_2d, (512, 512)), ("3-D", side_3d, (64, 64, 64))):
+            pred = preds[key]
+            runs = (("1 worker, planned blocks", 1, None, None),
+                    ("2 workers asked for (planned)", 2, None, None),
+                    ("2 workers forced", 2, "0", None),
+                    (f"1 worker, old fixed blocks {old}", 1, None, old))
+            seg: dict[str, list[float]] = {label: [] for label, *_ in runs}
+            for r in range(args.repeats):
+                for i, (label, workers, startup, block) in enumerate(runs):
+                    if startup is None:
+                        os.environ.pop(STARTUP_ENV, None)
+                    else:
+                        os.environ[STARTUP_ENV] = startup
+                    seg[label].append(timed(
+                        lambda w=workers, i=i, r=r, b=block, pred=pred, key=key:
+                        segment_volume(pred, str(work / f"{key}.zarr/seg{i}-{r}"),
+                                       num_workers=w, block_shape=b, overwrite=True,
+                                       progress=False)))
+            os.environ.pop(STARTUP_ENV, None)
+            best = {k: min(v) for k, v in seg.items()}
+            reference = best["1 worker, planned blocks"]
+            case = f"segment {key} {side}^{key[0]}"
+            for label in seg:
+                rows.append({"case": case, "run": label, "seconds": best[label],
+                             "all_seconds": seg[label], "ratio": best[label] / reference})
+            for workers, label in ((1, "1 worker, planned blocks"),
+                                   (2, "2 workers asked for (planned)")):
+                estimate = _seconds(segment_volume(
+                    pred, str(work / f"{key}.zarr/segdry"), num_workers=workers,
+                    dry_run=True, progress=False))
+                rows.append({"case": case, "run": f"dry-run estimate ({workers} asked for)",
+                             "seconds": estimate, "ratio": estimate / best[label]})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("| case | run | wall s (best) | ratio | CPU s (best) | CPU ratio |")
@@ -220,7 +237,7 @@ def planner(args: argparse.Namespace) -> None:
         print(f"| {r['case']} | {r['run']} | {r['seconds']:.2f} | {r['ratio']:.3f} | "
               f"{cpu_s} | {cpu_r} |")
     print("ratio: predict rows against the in-memory pass with its file I/O, segment rows "
-          "against 1 worker, estimates against the run they estimate")
+          "against 1 worker with planned blocks, estimates against the run they estimate")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "machine": platform.node(), "cores": os.cpu_count(), "repeats": args.repeats,
@@ -273,16 +290,21 @@ def main() -> None:
         t_predict = predict(pred, 1, None)
         t_segment = segment(pred, str(work / "d.zarr/seg"), 1, None)
         rows.append({"case": f"predict {args.size}^3", "workers": "in-process",
-                     "seconds": t_predict, "blocks_per_s": blocks / t_predict, "overhead": 0.0})
+                     "seconds": t_predict, "blocks_per_s": blocks / t_predict, "ratio": 1.0,
+                     "overhead": 0.0})
         rows.append({"case": f"segment {args.size}^3", "workers": "in-process",
-                     "seconds": t_segment, "blocks_per_s": blocks / t_segment, "overhead": 0.0})
+                     "seconds": t_segment, "blocks_per_s": blocks / t_segment, "ratio": 1.0,
+                     "overhead": 0.0})
+        cores = os.cpu_count() or 1
         for n in args.workers:
             t = predict(str(work / f"d.zarr/pred{n}"), n, TEMPLATE)
             rows.append({"case": f"predict {args.size}^3", "workers": n, "seconds": t,
-                         "blocks_per_s": blocks / t, "overhead": t / (t_predict / n) - 1})
+                         "blocks_per_s": blocks / t, "ratio": t / t_predict,
+                         "overhead": t / t_predict - 1})
             t = segment(pred, str(work / f"d.zarr/seg{n}"), n, TEMPLATE)
             rows.append({"case": f"segment {args.size}^3", "workers": n, "seconds": t,
-                         "blocks_per_s": blocks / t, "overhead": t / (t_segment / n) - 1})
+                         "blocks_per_s": blocks / t, "ratio": t / t_segment,
+                         "overhead": t / (t_segment / min(n, cores)) - 1})
 
         # Worker start-up: one block through the template against the block in-process.
         one = Roi((0, 0, 0), tuple(b * v for b, v in zip(block, VOXEL_SIZE, strict=True)))
@@ -303,20 +325,25 @@ def main() -> None:
                 model_2d, raw_2d, str(work / f"d.zarr/p2d{shape is None}"), block_shape=shape,
                 device="cpu", overwrite=True, progress=False))
             rows.append({"case": f"predict 2-D {side_2d}^2, {label}", "workers": 1,
-                         "seconds": t, "blocks_per_s": None, "overhead": None})
+                         "seconds": t, "blocks_per_s": None, "ratio": None, "overhead": None})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print("| case | workers | s | blocks/s | overhead vs 1 process / N |")
-    print("|---|---|---|---|---|")
+    print(f"{os.cpu_count()} cores")
+    print("| case | workers | s | blocks/s | t / in-process | overhead vs the best on these "
+          "cores |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         bps = "" if r["blocks_per_s"] is None else f"{r['blocks_per_s']:.2f}"
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
         over = "" if r["overhead"] is None else f"{r['overhead']:+.0%}"
-        print(f"| {r['case']} | {r['workers']} | {r['seconds']:.1f} | {bps} | {over} |")
+        print(f"| {r['case']} | {r['workers']} | {r['seconds']:.1f} | {bps} | {ratio} | "
+              f"{over} |")
     print(f"worker start-up (one block through {TEMPLATE!r} minus in-process): {startup:.1f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "machine": platform.node(), "size": args.size, "block": args.block,
+        "machine": platform.node(), "cores": os.cpu_count(), "size": args.size,
+        "block": args.block,
         "worker_startup_s": startup, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.json}")
 
