@@ -596,6 +596,7 @@ class _UNetModule(UNetBody):
             unet.batch_norm,
         )
         self.unet = unet
+        self._valid_shapes: set[tuple[int, ...]] = set()  # spatial shapes checked already
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != self.unet.dims + 2:
@@ -609,5 +610,9 @@ class _UNetModule(UNetBody):
                 f"{tuple(x.shape)}"
             )
         # Pooling would silently floor an invalid shape and misalign the skip connections.
-        self.unet.output_shape(tuple(int(s) for s in x.shape[2:]))
+        # (Checked once per shape: prediction runs thousands of tiles of one shape.)
+        spatial = tuple(int(s) for s in x.shape[2:])
+        if spatial not in self._valid_shapes:
+            self.unet.output_shape(spatial)
+            self._valid_shapes.add(spatial)
         return super().forward(x)

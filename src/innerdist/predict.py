@@ -1128,7 +1128,7 @@ def predict_volume(
     from innerdist.normalize import range_mismatch, sample_intensities
 
     mismatch = range_mismatch(
-        sample_intensities(raw_array, max_voxels=2**18, whole_chunks=True),
+        sample_intensities(raw_array, max_voxels=2**16, whole_chunks=True),
         ckpt.normalization)
     if mismatch is not None:
         logger.warning("raw %s: %s; check that it is the kind of data the network was "
