@@ -164,19 +164,3 @@ def test_zarr_array_path(tmp_path):
 
     assert zarr_array_path(Array(np.zeros((2, 2)), voxel_size=(1, 1))) is None
 
-
-def test_zarr_batches_sets_the_batch_size_and_restores_it() -> None:
-    import zarr
-
-    from innerdist.volumes import ZARR_BATCH_SIZE, zarr_batches
-
-    key = "codec_pipeline.batch_size"
-    before = zarr.config.get(key)
-    with zarr_batches():
-        assert zarr.config.get(key) == ZARR_BATCH_SIZE
-    assert zarr.config.get(key) == before
-    # A batch size the user chose is kept.
-    with zarr.config.set({key: 3}):
-        with zarr_batches():
-            assert zarr.config.get(key) == 3
-        assert zarr.config.get(key) == 3

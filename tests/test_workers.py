@@ -443,3 +443,20 @@ def test_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     half = _Runner(model, torch.device("cpu"), precision="bf16").forward(batch)
     assert half.dtype == np.float32 and half.shape == full.shape
     assert 0 < np.abs(half - full).max() < 0.05
+
+
+def test_zarr_batches_sets_the_batch_size_and_restores_it() -> None:
+    import zarr
+
+    from innerdist.workers import ZARR_BATCH_SIZE, zarr_batches
+
+    key = "codec_pipeline.batch_size"
+    before = zarr.config.get(key)
+    with zarr_batches():
+        assert zarr.config.get(key) == ZARR_BATCH_SIZE
+    assert zarr.config.get(key) == before
+    # A batch size the user chose is kept.
+    with zarr.config.set({key: 3}):
+        with zarr_batches():
+            assert zarr.config.get(key) == 3
+        assert zarr.config.get(key) == 3

@@ -70,6 +70,7 @@ from innerdist.volumes import (
     open_volume,
     split_volume_path,
 )
+from innerdist.workers import zarr_batches
 
 __all__ = [
     "BlockFailedError",
@@ -252,7 +253,8 @@ def run_blockwise(
 
     def process_block(block: daisy.Block) -> None:
         try:
-            process(block.read_roi, block.write_roi)
+            with zarr_batches():  # a block reads and writes many chunks at once
+                process(block.read_roi, block.write_roi)
         except Exception as e:
             if parallel:
                 _record_error(errors, e)

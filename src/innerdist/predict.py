@@ -661,12 +661,6 @@ class _BlockPredictor:
         return normalize_raw(data, self.normalization, where=where)
 
     def __call__(self, read_roi: Roi, write_roi: Roi) -> None:
-        from innerdist.volumes import zarr_batches
-
-        with zarr_batches():
-            self._predict(write_roi)
-
-    def _predict(self, write_roi: Roi) -> None:
         runner, raw, out = self._setup()
         write = write_roi.intersect(self.out_roi)
         if write.empty:

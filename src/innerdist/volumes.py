@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,6 @@ __all__ = [
     "spatial_axis_names",
     "split_volume_path",
     "zarr_array_path",
-    "zarr_batches",
 ]
 
 #: Name of level 0 in the OME-NGFF images innerdist writes.
@@ -392,25 +390,6 @@ def zarr_array_path(array: Array) -> str | None:
     if root is None:
         return None
     return str(Path(root) / source.path) if source.path else str(root)
-
-
-#: Chunks zarr encodes or decodes in one batch inside :func:`zarr_batches`. zarr 3's default
-#: of 1 spends about 0.4 ms per chunk: a 2048^2 block of 64^2 chunks read in 0.39 s, in
-#: 0.18 s with 16 (large chunks read as fast either way).
-ZARR_BATCH_SIZE = 16
-
-
-@contextmanager
-def zarr_batches() -> Iterator[None]:
-    """Within this block, zarr reads and writes :data:`ZARR_BATCH_SIZE` chunks per batch,
-    unless the user configured a batch size of their own (``zarr.config``). For the block
-    functions of blockwise jobs, which read and write many chunks at a time."""
-    key = "codec_pipeline.batch_size"
-    if zarr.config.get(key, 1) != 1:
-        yield
-        return
-    with zarr.config.set({key: ZARR_BATCH_SIZE}):
-        yield
 
 
 def read(array: Array, roi: Roi) -> np.ndarray:

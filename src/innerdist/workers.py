@@ -39,7 +39,8 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -63,6 +64,7 @@ __all__ = [
     "worker_argv",
     "worker_id_from_env",
     "write_job_file",
+    "zarr_batches",
 ]
 
 WORKER_COMMAND_ENV = "INNERDIST_WORKER_COMMAND"
@@ -345,6 +347,29 @@ def claim_gpu(worker_id: int, gpu_ids: Sequence[str], lock_dir: str | Path) -> t
 # --- the worker -----------------------------------------------------------------------------
 
 
+#: Chunks zarr encodes or decodes in one batch inside :func:`zarr_batches`. zarr 3's default
+#: of 1 spends about 0.4 ms per chunk: a 2048^2 block of 64^2 chunks read in 0.39 s, in
+#: 0.18 s with 16 (large chunks read as fast either way).
+ZARR_BATCH_SIZE = 16
+
+
+@contextmanager
+def zarr_batches() -> Iterator[None]:
+    """Within this block, zarr reads and writes :data:`ZARR_BATCH_SIZE` chunks per batch,
+    unless the user configured a batch size of their own (``zarr.config``). Around every
+    block of a blockwise job, run here (:func:`run_worker`) or by
+    ``blockwise.run_blockwise``: a block reads and writes many chunks at a time. Here and
+    not in :mod:`innerdist.volumes`, so that a cluster worker need not import funlib."""
+    import zarr
+
+    key = "codec_pipeline.batch_size"
+    if zarr.config.get(key, 1) != 1:
+        yield
+        return
+    with zarr.config.set({key: ZARR_BATCH_SIZE}):
+        yield
+
+
 def run_worker(job_file: str | Path, *, context: str, token: str) -> int:
     """Process blocks of a job until its scheduler has none left; returns their number.
 
@@ -373,7 +398,8 @@ def run_worker(job_file: str | Path, *, context: str, token: str) -> int:
             if block is None:
                 break
             try:
-                process(block.read_roi, block.write_roi)
+                with zarr_batches():
+                    process(block.read_roi, block.write_roi)
             except Exception as e:
                 # The scheduler raises it with its type (as local workers do): the job
                 # file sits in the tracking folder, beside the job's recorded errors.
